@@ -1,0 +1,139 @@
+"""The CuPy backend: the same methods as the NumPy backend, each one launch of
+a fused kernel from ``kernels/`` (loaded through :mod:`gpubp.kernels`).
+
+Scalars passed to raw kernels are NumPy scalars of the kernel's C types
+(``np.float32``/``np.float64`` for ``T``, ``np.int32`` for ``int``,
+``np.int64`` for ``long long``): a Python float would be taken as a double.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+
+_THREADS = 256
+_C_TYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+class CupyBackend:
+    name = "cupy"
+
+    def __init__(self):
+        import cupy
+
+        self.xp = cupy
+        self._cupy = cupy
+        device = cupy.cuda.Device()
+        self._max_blocks = 32 * device.attributes["MultiProcessorCount"]
+        # Stand-ins for pointer arguments a kernel variant never reads.
+        self._unused_labels = cupy.zeros(1, dtype=np.int32)
+        self._unused_loss = cupy.zeros(1, dtype=np.float64)
+
+    # -- moving arrays -----------------------------------------------------
+    def asarray(self, a, dtype=None):
+        """``a`` as a C-contiguous CuPy array on the current device."""
+        return self._cupy.ascontiguousarray(self._cupy.asarray(a, dtype=dtype))
+
+    def to_numpy(self, a):
+        return self._cupy.asnumpy(a)
+
+    def synchronize(self):
+        self._cupy.cuda.get_current_stream().synchronize()
+
+    # -- the one seam for matrix products ----------------------------------
+    def matmul(self, a, b, out, transa=False, transb=False):
+        """out = op(a) @ op(b) through cuBLAS, op a transpose where asked."""
+        return self._cupy.matmul(a.T if transa else a, b.T if transb else b, out=out)
+
+    # -- helpers ---------------------------------------------------------------
+    def _blocks(self, n):
+        return max(1, min((n + _THREADS - 1) // _THREADS, self._max_blocks))
+
+    @staticmethod
+    def _t(dtype):
+        return _C_TYPE[np.dtype(dtype)]
+
+    # -- forward ------------------------------------------------------------
+    def bias_activation(self, z, b, activation):
+        code = kernels.ACTIVATION_CODES[activation]
+        fn = kernels.function("bias_activation", f"bias_activation<{self._t(z.dtype)}, {code}>")
+        fn((self._blocks(z.size),), (_THREADS,), (z, b, np.int64(z.size), np.int32(z.shape[1])))
+        return z
+
+    def _softmax_rows(self, z, y, labels, delta, loss, scale, target):
+        rows, k = z.shape
+        warps = _THREADS // 32
+        y = z if y is None else y
+        labels = self._unused_labels if labels is None else labels
+        loss = self._unused_loss if loss is None else loss
+        fn = kernels.function(
+            "softmax_cross_entropy", f"softmax_cross_entropy<{self._t(z.dtype)}, {target}>"
+        )
+        fn(
+            ((rows + warps - 1) // warps,),
+            (_THREADS,),
+            (z, y, labels, delta, loss, np.int32(rows), np.int32(k), z.dtype.type(scale)),
+        )
+        return delta
+
+    def softmax(self, z, out):
+        return self._softmax_rows(z, None, None, out, None, 1.0, 2)
+
+    def softmax_cross_entropy(self, z, y, labels, delta, loss, scale):
+        return self._softmax_rows(z, y, labels, delta, loss, scale, 0 if labels is None else 1)
+
+    _POINTWISE = {"mse_identity": 0, "mse_sigmoid": 1, "bce_sigmoid": 2}
+
+    def pointwise_loss(self, z, y, kind, delta, loss, scale):
+        fn = kernels.function(
+            "pointwise_loss", f"pointwise_loss<{self._t(z.dtype)}, {self._POINTWISE[kind]}>"
+        )
+        fn(
+            (self._blocks(z.size),),
+            (_THREADS,),
+            (z, y, delta, loss, np.int64(z.size), z.dtype.type(scale)),
+        )
+        return delta
+
+    # -- backward -------------------------------------------------------------
+    def activation_backward(self, err, a, activation, out):
+        return kernels.activation_backward(activation)(err, a, out)
+
+    def bias_grad(self, delta, out):
+        rows, cols = delta.shape
+        grid_x = (cols + 31) // 32
+        # About 256 rows per block, enough blocks to fill the chip on tall inputs.
+        grid_y = max(1, min((rows + 255) // 256, max(1, self._max_blocks // grid_x)))
+        if grid_y > 1:
+            out.fill(0)
+        fn = kernels.function("bias_grad", f"bias_grad<{self._t(delta.dtype)}>")
+        fn((grid_x, grid_y), (32, 8), (delta, out, np.int32(rows), np.int32(cols)))
+        return out
+
+    def l2_penalty(self, w, g, loss, l2, m):
+        t = w.dtype.type
+        fn = kernels.function("l2_penalty", f"l2_penalty<{self._t(w.dtype)}>")
+        fn(
+            (self._blocks(w.size),),
+            (_THREADS,),
+            (w, g, loss, np.int64(w.size), t(l2 / m), t(0.5 * l2)),
+        )
+
+    # -- optimizers ------------------------------------------------------------
+    def sgd(self, p, g, buf, lr, momentum, nesterov):
+        t = p.dtype.type
+        variant = 0 if momentum == 0.0 else (2 if nesterov else 1)
+        fn = kernels.function("sgd", f"sgd<{self._t(p.dtype)}, {variant}>")
+        if buf is None:
+            buf = p  # never read by the plain variant
+        fn((self._blocks(p.size),), (_THREADS,), (p, g, buf, np.int64(p.size), t(lr), t(momentum)))
+
+    def adam(self, p, g, m, v, decay, beta1, beta2, step_size, bc2_sqrt, eps):
+        t = p.dtype.type
+        fn = kernels.function("adam", f"adam<{self._t(p.dtype)}>")
+        fn(
+            (self._blocks(p.size),),
+            (_THREADS,),
+            (p, g, m, v, np.int64(p.size), t(decay), t(beta1), t(beta2), t(step_size), t(bc2_sqrt), t(eps)),
+        )

@@ -1,0 +1,163 @@
+"""The NumPy backend: the CPU path, and the readable definition of every kernel.
+
+Each method below computes what one CUDA kernel in ``kernels/`` computes (the
+file is named in the docstring), in place with ``out=`` where NumPy allows.
+The CuPy backend has the same methods; the tests hold the two to each other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LEAKY_SLOPE = 0.01
+
+
+def _sigmoid(x, out):
+    """out = 1 / (1 + exp(-x)) as exp(-log(1 + exp(-x))): no overflow for any x."""
+    np.negative(x, out=out)
+    np.logaddexp(0, out, out=out)
+    np.negative(out, out=out)
+    return np.exp(out, out=out)
+
+
+class NumpyBackend:
+    name = "numpy"
+    xp = np
+
+    # -- moving arrays -------------------------------------------------
+    def asarray(self, a, dtype=None):
+        """``a`` as a C-contiguous NumPy array (no copy when it already is one)."""
+        if hasattr(a, "__cuda_array_interface__") and hasattr(a, "get"):
+            a = a.get()
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def synchronize(self):
+        pass
+
+    # -- the one seam for matrix products ------------------------------
+    def matmul(self, a, b, out, transa=False, transb=False):
+        """out = op(a) @ op(b), op a transpose where asked."""
+        return np.matmul(a.T if transa else a, b.T if transb else b, out=out)
+
+    # -- forward ------------------------------------------------------------
+    def bias_activation(self, z, b, activation):
+        """z <- g(z + b) in place (kernels/bias_activation.cu)."""
+        np.add(z, b, out=z)
+        if activation == "sigmoid":
+            _sigmoid(z, out=z)
+        elif activation == "tanh":
+            np.tanh(z, out=z)
+        elif activation == "relu":
+            np.maximum(z, 0, out=z)
+        elif activation == "leaky_relu":
+            np.multiply(z, np.where(z > 0, 1.0, LEAKY_SLOPE).astype(z.dtype), out=z)
+        return z
+
+    def softmax(self, z, out):
+        """out = softmax(z) row by row (kernels/softmax_cross_entropy.cu, variant 2)."""
+        np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+        np.exp(out, out=out)
+        out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    # -- loss and output delta ----------------------------------------------
+    def softmax_cross_entropy(self, z, y, labels, delta, loss, scale):
+        """Softmax + cross-entropy from the logits (kernels/softmax_cross_entropy.cu).
+
+        ``y`` holds dense targets (variant 0) or is None and ``labels`` holds
+        integer classes (variant 1). delta = scale (p sum(y) - y); loss += sum y (lse - z).
+        """
+        zmax = z.max(axis=1, keepdims=True)
+        np.subtract(z, zmax, out=delta)
+        np.exp(delta, out=delta)
+        sums = delta.sum(axis=1, keepdims=True)
+        lse = zmax + np.log(sums)
+        delta /= sums                                   # delta = p
+        if y is None:
+            rows = np.arange(z.shape[0])
+            loss += np.sum(lse[:, 0] - z[rows, labels], dtype=np.float64)
+            delta[rows, labels] -= 1
+        else:
+            loss += np.sum(y * (lse - z), dtype=np.float64)
+            delta *= y.sum(axis=1, keepdims=True)
+            delta -= y
+        delta *= scale
+        return delta
+
+    def pointwise_loss(self, z, y, kind, delta, loss, scale):
+        """Elementwise output + loss from the logits (kernels/pointwise_loss.cu).
+
+        kind "mse_identity": loss += 1/2 (z - y)^2, delta = z - y
+        kind "mse_sigmoid":  loss += 1/2 (s - y)^2, delta = (s - y) s (1 - s)
+        kind "bce_sigmoid":  loss += max(z,0) - z y + log(1 + exp(-|z|)), delta = s - y
+        each delta then times scale.
+        """
+        if kind == "mse_identity":
+            np.subtract(z, y, out=delta)
+            loss += 0.5 * np.sum(np.square(delta), dtype=np.float64)
+        elif kind == "mse_sigmoid":
+            s = _sigmoid(z, out=np.empty_like(z))
+            np.subtract(s, y, out=delta)
+            loss += 0.5 * np.sum(np.square(delta), dtype=np.float64)
+            delta *= s
+            delta *= 1 - s
+        elif kind == "bce_sigmoid":
+            per_element = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+            loss += np.sum(per_element, dtype=np.float64)
+            _sigmoid(z, out=delta)
+            delta -= y
+        else:
+            raise ValueError(f"unknown pointwise loss {kind!r}")
+        delta *= scale
+        return delta
+
+    # -- backward -------------------------------------------------------------
+    def activation_backward(self, err, a, activation, out):
+        """out = err * g'(z), g' from a = g(z) (kernels/activation_backward.cu)."""
+        if activation == "sigmoid":
+            np.multiply(err, a * (1 - a), out=out)
+        elif activation == "tanh":
+            np.multiply(err, 1 - a * a, out=out)
+        elif activation == "relu":
+            np.multiply(err, a > 0, out=out)
+        elif activation == "leaky_relu":
+            np.multiply(err, np.where(a > 0, 1.0, LEAKY_SLOPE).astype(a.dtype), out=out)
+        elif out is not err:
+            np.copyto(out, err)
+        return out
+
+    def bias_grad(self, delta, out):
+        """out[j] = sum_i delta[i, j] (kernels/bias_grad.cu)."""
+        return np.sum(delta, axis=0, out=out)
+
+    def l2_penalty(self, w, g, loss, l2, m):
+        """g += (l2 / m) w; loss += (l2 / 2) sum w^2 (kernels/l2_penalty.cu)."""
+        loss += 0.5 * l2 * float(np.dot(w, w))
+        g += w * w.dtype.type(l2 / m)
+
+    # -- optimizers ------------------------------------------------------------
+    def sgd(self, p, g, buf, lr, momentum, nesterov):
+        """PyTorch's SGD over the flat buffer (kernels/sgd.cu)."""
+        t = p.dtype.type
+        if momentum == 0.0:
+            p -= t(lr) * g
+            return
+        buf *= t(momentum)
+        buf += g
+        if nesterov:
+            p -= t(lr) * (g + t(momentum) * buf)
+        else:
+            p -= t(lr) * buf
+
+    def adam(self, p, g, m, v, decay, beta1, beta2, step_size, bc2_sqrt, eps):
+        """PyTorch's Adam/AdamW over the flat buffer (kernels/adam.cu)."""
+        t = p.dtype.type
+        m += (t(1) - t(beta1)) * (g - m)
+        v *= t(beta2)
+        v += (t(1) - t(beta2)) * g * g
+        if decay != 1.0:
+            p *= t(decay)
+        p -= t(step_size) * m / (np.sqrt(v) / t(bc2_sqrt) + t(eps))

@@ -1,0 +1,291 @@
+"""The multi-layer perceptron: parameters in one flat buffer, batched backprop
+on the device through the backend's fused operations."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _validation as v
+from .backends import get_backend
+from .losses import OUTPUTS, resolve_loss
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
+DTYPES = ("float32", "float64")
+
+
+class _Buffers:
+    """Per-batch-shape work arrays: each layer's activation and delta, and a
+    float64 loss accumulator. Allocated once per batch size and reused."""
+
+    def __init__(self, xp, sizes, m, dtype):
+        self.acts = [None] + [xp.empty((m, n), dtype=dtype) for n in sizes[1:]]
+        self.deltas = [None] + [xp.empty((m, n), dtype=dtype) for n in sizes[1:]]
+        self.loss = xp.zeros((), dtype=np.float64)
+
+
+class MLP:
+    """A fully connected network trained by backpropagation.
+
+    >>> model = MLP([64, 32, 10], activation="tanh", output="softmax")
+    >>> probabilities = model.predict(X)          # NumPy array, shape (n, 10)
+
+    ``layer_sizes`` lists the width of every layer, input first. Hidden layers use
+    ``activation`` (sigmoid, tanh, relu, leaky_relu with slope 0.01, identity); the
+    last layer uses ``output`` (softmax, sigmoid, identity). ``backend`` is "auto",
+    "numpy" or "cupy"; ``dtype`` float32 or float64; ``seed`` fixes the
+    initialisation (Glorot uniform for sigmoid, tanh and identity layers and the
+    output layer; He normal for relu and leaky_relu), the same on every backend.
+
+    All weights, then all biases, live in one contiguous buffer ``params`` (each W
+    of shape ``(n_in, n_out)`` and b of shape ``(n_out,)`` is a view into it), and
+    their gradients likewise in ``grads``, so an optimizer updates every parameter
+    in one launch.
+    """
+
+    def __init__(self, layer_sizes, activation="sigmoid", output="softmax", backend="auto",
+                 dtype="float32", seed=0):
+        sizes = _check_layer_sizes(layer_sizes)
+        v.check_choice("activation", activation, ACTIVATIONS)
+        v.check_choice("output", output, OUTPUTS)
+        dtype = _check_dtype(dtype)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp
+        self.layer_sizes = sizes
+        self.activation = activation
+        self.output = output
+        self.dtype = dtype
+
+        shapes = list(zip(sizes[:-1], sizes[1:]))
+        self.n_weights = sum(i * o for i, o in shapes)
+        n_params = self.n_weights + sum(o for _, o in shapes)
+        self.params = self.backend.asarray(self._initial_params(int(seed)), dtype=dtype)
+        self.grads = self.xp.zeros(n_params, dtype=dtype)
+        self.weights, self.biases = self._views(self.params)
+        self.grad_weights, self.grad_biases = self._views(self.grads)
+        self._buffers = {}
+
+    # -- layout --------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        """The number of weight layers (one less than ``len(layer_sizes)``)."""
+        return len(self.layer_sizes) - 1
+
+    def _views(self, flat):
+        weights, biases = [], []
+        w_at, b_at = 0, self.n_weights
+        for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            weights.append(flat[w_at:w_at + n_in * n_out].reshape(n_in, n_out))
+            biases.append(flat[b_at:b_at + n_out])
+            w_at += n_in * n_out
+            b_at += n_out
+        return weights, biases
+
+    def _initial_params(self, seed):
+        rng = np.random.default_rng(seed)
+        ws, bs = [], []
+        for layer, (n_in, n_out) in enumerate(zip(self.layer_sizes[:-1], self.layer_sizes[1:])):
+            hidden = layer < self.n_layers - 1
+            if hidden and self.activation in ("relu", "leaky_relu"):
+                w = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
+            else:
+                limit = np.sqrt(6.0 / (n_in + n_out))
+                w = rng.uniform(-limit, limit, size=(n_in, n_out))
+            ws.append(w.ravel())
+            bs.append(np.zeros(n_out))
+        return np.concatenate(ws + bs).astype(self.dtype)
+
+    def get_params(self):
+        """``[(W, b), ...]`` per layer as NumPy copies, W ``(n_in, n_out)``, b ``(n_out,)``."""
+        return [(_host_copy(self.backend, w), _host_copy(self.backend, b))
+                for w, b in zip(self.weights, self.biases)]
+
+    def set_params(self, params):
+        """Load ``[(W, b), ...]`` as returned by :meth:`get_params`; shapes are
+        checked for every layer before anything is written, values cast to the dtype."""
+        if not isinstance(params, (list, tuple)) or len(params) != self.n_layers:
+            raise ValueError(
+                f"params must be a list of {self.n_layers} (W, b) pairs; got "
+                f"{len(params) if isinstance(params, (list, tuple)) else type(params).__name__}"
+            )
+        checked = []
+        for layer, pair in enumerate(params):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"params[{layer}] must be a (W, b) pair")
+            n_in, n_out = self.layer_sizes[layer], self.layer_sizes[layer + 1]
+            w = v.as_checked_array(f"params[{layer}][0] (W)", pair[0])
+            b = v.as_checked_array(f"params[{layer}][1] (b)", pair[1])
+            if w.shape != (n_in, n_out):
+                raise ValueError(f"params[{layer}][0] (W) must have shape {(n_in, n_out)}; got {w.shape}")
+            if b.shape != (n_out,):
+                raise ValueError(f"params[{layer}][1] (b) must have shape {(n_out,)}; got {b.shape}")
+            checked.append((w, b))
+        for (w, b), wv, bv in zip(checked, self.weights, self.biases):
+            wv[...] = self.backend.asarray(w, dtype=self.dtype)
+            bv[...] = self.backend.asarray(b, dtype=self.dtype)
+
+    # -- validation ----------------------------------------------------------
+    def _device_data(self, X, Y=None, loss=None):
+        """Validate, then move to the device: ``(X, dense Y, int32 labels)``."""
+        X = v.check_X(X, self.layer_sizes[0])
+        dense = labels = None
+        if Y is not None:
+            dense, labels = v.check_Y(Y, X.shape[0], self.layer_sizes[-1], loss)
+        X = self.backend.asarray(X, dtype=self.dtype)
+        if dense is not None:
+            dense = self.backend.asarray(dense, dtype=self.dtype)
+        if labels is not None:
+            labels = self.backend.asarray(labels, dtype=np.int32)
+        return X, dense, labels
+
+    def _buffers_for(self, m):
+        bufs = self._buffers.get(m)
+        if bufs is None:
+            bufs = self._buffers[m] = _Buffers(self.xp, self.layer_sizes, m, self.dtype)
+        return bufs
+
+    # -- the algorithm -------------------------------------------------------
+    def _forward(self, X, bufs, last="identity"):
+        """Every layer's activation into ``bufs.acts``; the last layer gets ``last``
+        (identity gives the logits the fused loss kernels start from)."""
+        a = X
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            z = bufs.acts[layer + 1]
+            self.backend.matmul(a, w, out=z)
+            act = self.activation if layer < self.n_layers - 1 else last
+            self.backend.bias_activation(z, b, act)
+            a = z
+        return a
+
+    def _output_delta(self, logits, dense, labels, kind, delta, loss_acc, scale):
+        if kind == "softmax_ce":
+            self.backend.softmax_cross_entropy(logits, dense, labels, delta, loss_acc, scale)
+        else:
+            self.backend.pointwise_loss(logits, dense, kind, delta, loss_acc, scale)
+
+    def _backprop(self, X, dense, labels, kind, l2, bufs, loss_acc):
+        """One batch: forward, loss and output delta, backward into ``grads``.
+
+        Adds m times the batch objective (summed per-example losses plus
+        (l2/2) sum ||W||^2) to ``loss_acc`` on the device; reads nothing back.
+        """
+        m = X.shape[0]
+        logits = self._forward(X, bufs)
+        delta = bufs.deltas[self.n_layers]
+        self._output_delta(logits, dense, labels, kind, delta, loss_acc, 1.0 / m)
+        for layer in reversed(range(self.n_layers)):
+            a_prev = X if layer == 0 else bufs.acts[layer]
+            self.backend.matmul(a_prev, delta, out=self.grad_weights[layer], transa=True)
+            self.backend.bias_grad(delta, out=self.grad_biases[layer])
+            if layer > 0:
+                err = bufs.deltas[layer]
+                self.backend.matmul(delta, self.weights[layer], out=err, transb=True)
+                self.backend.activation_backward(err, a_prev, self.activation, out=err)
+                delta = err
+        if l2:
+            n = self.n_weights
+            self.backend.l2_penalty(self.params[:n], self.grads[:n], loss_acc, l2, m)
+
+    def _objective(self, X, dense, labels, kind, l2):
+        """Device scalars ``(m * objective, correct predictions or None)`` for
+        evaluation; leaves ``grads`` alone."""
+        xp = self.xp
+        m = X.shape[0]
+        bufs = _Buffers(xp, self.layer_sizes, m, self.dtype)
+        logits = self._forward(X, bufs)
+        self._output_delta(logits, dense, labels, kind, bufs.deltas[-1], bufs.loss, 1.0 / m)
+        total = bufs.loss
+        if l2:
+            w = self.params[: self.n_weights]
+            total = total + 0.5 * l2 * xp.vdot(w, w).astype(np.float64)
+        correct = None
+        if self.output == "softmax":
+            truth = labels if labels is not None else xp.argmax(dense, axis=1)
+            correct = xp.count_nonzero(xp.argmax(logits, axis=1) == truth)
+        elif self.output == "sigmoid":
+            # Over every output: each counts 1/k of an example.
+            correct = xp.count_nonzero((logits > 0) == (dense > 0.5)) / logits.shape[1]
+        return total, correct
+
+    # -- public --------------------------------------------------------------
+    def forward(self, X):
+        """The network's output for X (after the output activation), as an array
+        on the model's backend."""
+        X, _, _ = self._device_data(X)
+        bufs = _Buffers(self.xp, self.layer_sizes, X.shape[0], self.dtype)
+        if self.output == "softmax":
+            logits = self._forward(X, bufs)
+            return self.backend.softmax(logits, out=bufs.deltas[-1])
+        return self._forward(X, bufs, last=self.output)
+
+    def predict(self, X):
+        """The network's output for X as a NumPy array on the host."""
+        return self.backend.to_numpy(self.forward(X))
+
+    def loss_and_grads(self, X, Y, loss=None, l2=0.0):
+        """``(loss, [(dW, db), ...])`` for one batch, as a float and NumPy arrays;
+        the parameters are not changed.
+
+        The loss is the batch mean of the per-example loss plus
+        (l2 / 2m) sum ||W||^2; the gradients include (l2 / m) W; biases are never
+        regularized. ``loss`` defaults to the output's natural loss.
+        """
+        loss, kind = resolve_loss(self.output, loss)
+        l2 = v.check_real("l2", l2, low=0.0)
+        X, dense, labels = self._device_data(X, Y, loss)
+        bufs = self._buffers_for(X.shape[0])
+        bufs.loss.fill(0)
+        self._backprop(X, dense, labels, kind, l2, bufs, bufs.loss)
+        value = float(bufs.loss) / X.shape[0]
+        grads = [(_host_copy(self.backend, w), _host_copy(self.backend, b))
+                 for w, b in zip(self.grad_weights, self.grad_biases)]
+        return value, grads
+
+    def evaluate(self, X, Y, loss=None, l2=0.0):
+        """``{"loss": ..., "accuracy": ...}`` on (X, Y) without changing anything.
+        ``accuracy`` is given for softmax outputs (argmax against the label) and
+        sigmoid outputs (threshold 0.5 against targets > 0.5, over every output)."""
+        loss, kind = resolve_loss(self.output, loss)
+        l2 = v.check_real("l2", l2, low=0.0)
+        X, dense, labels = self._device_data(X, Y, loss)
+        total, correct = self._objective(X, dense, labels, kind, l2)
+        result = {"loss": float(total) / X.shape[0]}
+        if correct is not None:
+            result["accuracy"] = float(correct) / X.shape[0]
+        return result
+
+    def __repr__(self):
+        return (f"MLP({self.layer_sizes}, activation={self.activation!r}, output={self.output!r}, "
+                f"backend={self.backend.name!r}, dtype={self.dtype.name!r})")
+
+
+def _host_copy(backend, a):
+    """A NumPy array that shares no memory with the model's buffers."""
+    return np.array(a, copy=True) if backend.name == "numpy" else backend.to_numpy(a)
+
+
+def _check_layer_sizes(layer_sizes):
+    if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+        raise TypeError(f"layer_sizes must be a sequence of positive integers; got {layer_sizes!r}")
+    sizes = list(layer_sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes must name at least an input and an output layer; got {sizes}")
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"layer_sizes must hold integers; got {s!r} in {sizes}")
+        if s <= 0:
+            raise ValueError(f"layer_sizes must all be positive; got {sizes}")
+    return [int(s) for s in sizes]
+
+
+def _check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+    return dt

@@ -1,0 +1,80 @@
+// Helpers shared by every gpubp kernel. gpubp/kernels.py pastes this file in
+// place of `#include "common.cuh"` before compiling, so CuPy's kernel cache
+// sees the whole source; nvcc finds it beside the .cu file.
+//
+// Activation codes (gpubp/kernels.py ACTIVATION_CODES must match):
+//   0 identity    g(z) = z                      g'(z) = 1
+//   1 sigmoid     g(z) = 1 / (1 + exp(-z))      g'(z) = a (1 - a)
+//   2 tanh        g(z) = tanh(z)                g'(z) = 1 - a^2
+//   3 relu        g(z) = max(z, 0)              g'(z) = [a > 0]
+//   4 leaky_relu  g(z) = z if z > 0 else 0.01 z g'(z) = 1 if a > 0 else 0.01
+// Every derivative is written from the stored activation a = g(z), so the
+// backward pass never needs z for a hidden layer.
+#pragma once
+
+#define GPUBP_LEAKY_SLOPE 0.01
+
+__device__ __forceinline__ float gpubp_exp(float x) { return expf(x); }
+__device__ __forceinline__ double gpubp_exp(double x) { return exp(x); }
+__device__ __forceinline__ float gpubp_log(float x) { return logf(x); }
+__device__ __forceinline__ double gpubp_log(double x) { return log(x); }
+__device__ __forceinline__ float gpubp_log1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double gpubp_log1p(double x) { return log1p(x); }
+__device__ __forceinline__ float gpubp_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double gpubp_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float gpubp_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double gpubp_sqrt(double x) { return sqrt(x); }
+
+// Sigmoid that never overflows: exp() only ever sees a non-positive argument.
+template <typename T>
+__device__ __forceinline__ T gpubp_sigmoid(T z) {
+    if (z >= T(0)) {
+        return T(1) / (T(1) + gpubp_exp(-z));
+    }
+    T e = gpubp_exp(z);
+    return e / (T(1) + e);
+}
+
+template <int ACT, typename T>
+__device__ __forceinline__ T gpubp_activate(T z) {
+    if (ACT == 1) return gpubp_sigmoid(z);
+    if (ACT == 2) return gpubp_tanh(z);
+    if (ACT == 3) return z > T(0) ? z : T(0);
+    if (ACT == 4) return z > T(0) ? z : T(GPUBP_LEAKY_SLOPE) * z;
+    return z;
+}
+
+// g'(z) from a = g(z).
+template <int ACT, typename T>
+__device__ __forceinline__ T gpubp_activation_grad(T a) {
+    if (ACT == 1) return a * (T(1) - a);
+    if (ACT == 2) return T(1) - a * a;
+    if (ACT == 3) return a > T(0) ? T(1) : T(0);
+    if (ACT == 4) return a > T(0) ? T(1) : T(GPUBP_LEAKY_SLOPE);
+    return T(1);
+}
+
+__device__ __forceinline__ double gpubp_warp_sum(double v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v += __shfl_down_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+// Sum v over the block and add the total to *acc with one atomic per block.
+// Every thread of the block must call it (it holds a barrier); blockDim.x is
+// a multiple of 32 and at most 1024.
+__device__ __forceinline__ void gpubp_block_sum_into(double v, double* acc) {
+    __shared__ double warp_totals[32];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    v = gpubp_warp_sum(v);
+    if (lane == 0) warp_totals[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        const int n_warps = blockDim.x >> 5;
+        double t = lane < n_warps ? warp_totals[lane] : 0.0;
+        t = gpubp_warp_sum(t);
+        if (lane == 0) atomicAdd(acc, t);
+    }
+}
