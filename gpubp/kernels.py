@@ -25,9 +25,9 @@ _INSTANTIATION = re.compile(r"template\s+__global__\s+void\s+(\w+)\s*<([^>]*)>\s
 
 def kernel_dir() -> Path:
     """The folder holding the ``.cu`` sources: inside the installed package
-    (a wheel carries them as ``gpubp/kernels``), else the source checkout."""
+    (a wheel carries them as ``gpubp/_kernels``), else the source checkout."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "kernels", here.parent / "kernels"):
+    for candidate in (here / "_kernels", here.parent / "kernels"):
         if (candidate / "common.cuh").is_file():
             return candidate
     raise FileNotFoundError(f"gpubp's CUDA sources (kernels/*.cu) are missing next to {here}")

@@ -1,0 +1,102 @@
+"""Shared by the tests: which backends run here, and a float64 reference of the algorithm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpubp
+
+BACKENDS = gpubp.available_backends()
+requires_cupy = pytest.mark.skipif("cupy" not in BACKENDS, reason="needs CuPy and a CUDA GPU")
+
+PAIRS = [  # (output, loss)
+    ("softmax", "cross_entropy"),
+    ("sigmoid", "binary_cross_entropy"),
+    ("sigmoid", "mse"),
+    ("identity", "mse"),
+]
+ACTIVATIONS = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
+
+
+def random_targets(rng, n, k, output, loss, labels=False):
+    """Targets that fit the loss: labels or one-hot rows, probabilities, or reals."""
+    if loss == "cross_entropy":
+        y = rng.integers(0, k, size=n)
+        return y if labels else np.eye(k)[y]
+    if output == "sigmoid":
+        return rng.uniform(0.0, 1.0, size=(n, k))
+    return rng.normal(size=(n, k))
+
+
+def max_rel_error(actual, expected):
+    """max |actual - expected| / max |expected|: a norm-wise relative error."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300))
+
+
+# -- a plain per-example reference of backpropagation, in float64 -------------
+
+def _g(name, z):
+    return {
+        "sigmoid": lambda: 1.0 / (1.0 + np.exp(-z)),
+        "tanh": lambda: np.tanh(z),
+        "relu": lambda: np.maximum(z, 0.0),
+        "leaky_relu": lambda: np.where(z > 0, z, 0.01 * z),
+        "identity": lambda: z.copy(),
+        "softmax": lambda: np.exp(z - z.max()) / np.exp(z - z.max()).sum(),
+    }[name]()
+
+
+def _g_prime(name, z):
+    s = 1.0 / (1.0 + np.exp(-z))
+    return {
+        "sigmoid": s * (1 - s),
+        "tanh": 1 - np.tanh(z) ** 2,
+        "relu": (z > 0).astype(float),
+        "leaky_relu": np.where(z > 0, 1.0, 0.01),
+        "identity": np.ones_like(z),
+    }[name]
+
+
+def reference_backprop(params, activation, output, loss, X, Y, l2):
+    """The textbook algorithm one example at a time, Theta(l) = W(l)^T:
+
+    for t = 1..m: forward; d(L) = a(L) - y (times g'(z(L)) for sigmoid + mse);
+    d(l) = (Theta(l)^T d(l+1)) .* g'(z(l)); Delta(l) += d(l+1) a(l)^T;
+    then D(l) = (Delta(l) + lambda Theta(l)) / m, biases unregularized.
+    Returns (J, [(dW, db), ...]).
+    """
+    m = X.shape[0]
+    Ws = [np.asarray(W, np.float64) for W, _ in params]
+    bs = [np.asarray(b, np.float64) for _, b in params]
+    Delta_W = [np.zeros_like(W) for W in Ws]
+    Delta_b = [np.zeros_like(b) for b in bs]
+    J = 0.0
+    L = len(Ws)
+    for t in range(m):
+        a = [X[t].astype(np.float64)]
+        zs = []
+        for l in range(L):
+            z = Ws[l].T @ a[-1] + bs[l]
+            zs.append(z)
+            a.append(_g(activation if l < L - 1 else output, z))
+        y, out = Y[t], a[-1]
+        if loss == "cross_entropy":
+            J += -np.sum(y * np.log(out))
+        elif loss == "binary_cross_entropy":
+            J += -np.sum(y * np.log(out) + (1 - y) * np.log(1 - out))
+        else:
+            J += 0.5 * np.sum((out - y) ** 2)
+        d = out - y
+        if output == "sigmoid" and loss == "mse":
+            d = d * _g_prime("sigmoid", zs[-1])
+        for l in reversed(range(L)):
+            Delta_W[l] += np.outer(a[l], d)
+            Delta_b[l] += d
+            if l > 0:
+                d = (Ws[l] @ d) * _g_prime(activation, zs[l - 1])
+    J = J / m + l2 / (2 * m) * sum(np.sum(W * W) for W in Ws)
+    grads = [((Delta_W[l] + l2 * Ws[l]) / m, Delta_b[l] / m) for l in range(L)]
+    return J, grads

@@ -1,0 +1,240 @@
+"""Every CUDA kernel: compiled by nvcc and NVRTC where they exist, and, on a GPU,
+compared with the NumPy path (its readable definition) on fresh random inputs.
+
+Tolerance: max |cupy - numpy| / max |numpy| below 1e-5 in float32, 1e-12 in float64.
+"""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from _helpers import ACTIVATIONS, max_rel_error, requires_cupy
+from gpubp import kernels
+from gpubp.backends import get_backend
+
+TOL = {"float32": 1e-5, "float64": 1e-12}
+CU_FILES = sorted(kernels.kernel_dir().glob("*.cu"))
+
+
+def test_every_kernel_file_states_its_math_first():
+    assert len(CU_FILES) >= 7
+    for path in CU_FILES:
+        first = path.read_text().lstrip().splitlines()[0]
+        assert first.startswith("//"), f"{path.name} must open with a comment stating its math"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
+@pytest.mark.parametrize("path", CU_FILES, ids=lambda p: p.name)
+def test_kernel_compiles_with_nvcc_for_hopper(path, tmp_path):
+    result = subprocess.run(
+        ["nvcc", "-std=c++17", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "k.cubin"), str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _nvrtc_program():
+    """CuPy's NVRTC wrapper, where CuPy and an NVRTC library are installed."""
+    compiler = pytest.importorskip("cupy.cuda.compiler")
+    program = getattr(compiler, "_NVRTCProgram", None)
+    if program is None:
+        pytest.skip("this CuPy has no _NVRTCProgram")
+    try:
+        from cupy.cuda import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # no libnvrtc on this machine
+        pytest.skip(f"NVRTC is not available: {exc}")
+    return program
+
+
+@pytest.mark.parametrize("name", [p.stem for p in CU_FILES if p.stem != "activation_backward"])
+def test_loader_source_compiles_with_nvrtc(name):
+    """What the loader hands CuPy (common.cuh pasted in, the instantiations it
+    names) compiles with NVRTC, without a GPU."""
+    program = _nvrtc_program()
+    names = kernels.instantiations(name)
+    assert names, f"kernels/{name}.cu instantiates nothing"
+    ptx, mapping = program(kernels.source(name), name=f"{name}.cu", name_expressions=names).compile(
+        options=kernels.COMPILE_OPTIONS + ("--gpu-architecture=compute_90",))
+    assert set(mapping) == set(names)
+
+
+def test_activation_backward_preamble_compiles_with_nvrtc():
+    program = _nvrtc_program()
+    calls = "\n".join(
+        f"  out[{i}] = activation_backward<{code}>(err[{i}], a[{i}]);"
+        for i, code in enumerate(kernels.ACTIVATION_CODES.values())
+    )
+    for t in ("float", "double"):
+        src = kernels.source("activation_backward") + (
+            f'\nextern "C" __global__ void probe(const {t}* err, const {t}* a, {t}* out) {{\n'
+            f"{calls}\n}}\n")
+        program(src, name="probe.cu").compile(
+            options=kernels.COMPILE_OPTIONS + ("--gpu-architecture=compute_90",))
+
+
+# -- CuPy against NumPy ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def both():
+    return get_backend("cupy"), get_backend("numpy")
+
+
+def _pair(cp_backend, a):
+    """The same data on the GPU and on the host."""
+    return cp_backend.asarray(a), np.array(a)
+
+
+def _check(cp_backend, gpu, cpu, dtype):
+    assert max_rel_error(cp_backend.to_numpy(gpu), cpu) < TOL[dtype]
+
+
+DTYPES = ["float32", "float64"]
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_bias_activation(both, rng, dtype, activation):
+    cpb, npb = both
+    zc, zn = _pair(cpb, rng.normal(scale=3.0, size=(37, 19)).astype(dtype))
+    bc, bn = _pair(cpb, rng.normal(size=19).astype(dtype))
+    cpb.bias_activation(zc, bc, activation)
+    npb.bias_activation(zn, bn, activation)
+    _check(cpb, zc, zn, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_backward(both, rng, dtype, activation):
+    cpb, npb = both
+    z = rng.normal(size=(41, 23))
+    a = np.array(z)
+    npb.bias_activation(a, np.zeros(23), activation)
+    ec, en = _pair(cpb, rng.normal(size=z.shape).astype(dtype))
+    ac, an = _pair(cpb, a.astype(dtype))
+    cpb.activation_backward(ec, ac, activation, out=ec)     # in place, as the model calls it
+    npb.activation_backward(en, an, activation, out=en)
+    _check(cpb, ec, en, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 10, 33, 100])
+@pytest.mark.parametrize("target", ["dense", "labels", "forward"])
+def test_softmax_cross_entropy(both, rng, dtype, k, target):
+    cpb, npb = both
+    n = 300
+    zc, zn = _pair(cpb, rng.normal(scale=4.0, size=(n, k)).astype(dtype))
+    dc, dn = _pair(cpb, np.full((n, k), np.nan, dtype=dtype))   # poisoned: every element must be written
+    if target == "forward":
+        cpb.softmax(zc, out=dc)
+        npb.softmax(zn, out=dn)
+        _check(cpb, dc, dn, dtype)
+        return
+    lc, ln = _pair(cpb, np.full((), rng.uniform(1, 2)))
+    if target == "labels":
+        y = rng.integers(0, k, size=n).astype(np.int32)
+        yc, yn, labc, labn = None, None, cpb.asarray(y), y
+    else:
+        yc, yn = _pair(cpb, rng.uniform(0, 1, size=(n, k)).astype(dtype))
+        labc = labn = None
+    scale = float(rng.uniform(0.001, 0.1))
+    cpb.softmax_cross_entropy(zc, yc, labc, dc, lc, scale)
+    npb.softmax_cross_entropy(zn, yn, labn, dn, ln, scale)
+    _check(cpb, dc, dn, dtype)
+    _check(cpb, lc, ln, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["mse_identity", "mse_sigmoid", "bce_sigmoid"])
+def test_pointwise_loss(both, rng, dtype, kind):
+    cpb, npb = both
+    shape = (513, 7)
+    zc, zn = _pair(cpb, rng.normal(scale=3.0, size=shape).astype(dtype))
+    yv = rng.uniform(0, 1, size=shape) if kind != "mse_identity" else rng.normal(size=shape)
+    yc, yn = _pair(cpb, yv.astype(dtype))
+    dc, dn = _pair(cpb, np.full(shape, np.nan, dtype=dtype))
+    lc, ln = _pair(cpb, np.full((), rng.uniform(1, 2)))
+    scale = float(rng.uniform(0.001, 0.1))
+    cpb.pointwise_loss(zc, yc, kind, dc, lc, scale)
+    npb.pointwise_loss(zn, yn, kind, dn, ln, scale)
+    _check(cpb, dc, dn, dtype)
+    _check(cpb, lc, ln, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (256, 10), (1000, 257), (262144, 64)])
+def test_bias_grad(both, rng, dtype, shape):
+    cpb, npb = both
+    dc, dn = _pair(cpb, rng.normal(size=shape).astype(dtype))
+    oc, on = _pair(cpb, np.full(shape[1], np.nan, dtype=dtype))
+    cpb.bias_grad(dc, out=oc)
+    npb.bias_grad(dn, out=on)
+    # Sums of many terms: compare against the float64 sum, both within tolerance of it.
+    exact = dn.astype(np.float64).sum(axis=0)
+    tol = TOL[dtype] * (10 if dtype == "float32" and shape[0] > 10000 else 1)
+    assert max_rel_error(cpb.to_numpy(oc), exact) < tol
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l2_penalty(both, rng, dtype):
+    cpb, npb = both
+    wc, wn = _pair(cpb, rng.normal(size=5000).astype(dtype))
+    gc, gn = _pair(cpb, rng.normal(size=5000).astype(dtype))
+    lc, ln = _pair(cpb, np.full((), rng.uniform(1, 2)))
+    cpb.l2_penalty(wc, gc, lc, 0.3, 17)
+    npb.l2_penalty(wn, gn, ln, 0.3, 17)
+    _check(cpb, gc, gn, dtype)
+    _check(cpb, lc, ln, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_sgd_kernel(both, rng, dtype, momentum, nesterov):
+    cpb, npb = both
+    pc, pn = _pair(cpb, rng.normal(size=3001).astype(dtype))
+    gc, gn = _pair(cpb, rng.normal(size=3001).astype(dtype))
+    bc, bn = _pair(cpb, rng.normal(size=3001).astype(dtype))
+    cpb.sgd(pc, gc, bc, 0.05, momentum, nesterov)
+    npb.sgd(pn, gn, bn, 0.05, momentum, nesterov)
+    _check(cpb, pc, pn, dtype)
+    _check(cpb, bc, bn, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", [1.0, 0.999])
+def test_adam_kernel(both, rng, dtype, decay):
+    cpb, npb = both
+    arrays = [rng.normal(size=3001) for _ in range(3)] + [rng.uniform(0, 2, size=3001)]
+    (pc, pn), (gc, gn), (mc, mn), (vc, vn) = [_pair(cpb, a.astype(dtype)) for a in arrays]
+    args = dict(decay=decay, beta1=0.9, beta2=0.999, step_size=0.01 / (1 - 0.9 ** 3),
+                bc2_sqrt=float(np.sqrt(1 - 0.999 ** 3)), eps=1e-8)
+    cpb.adam(pc, gc, mc, vc, **args)
+    npb.adam(pn, gn, mn, vn, **args)
+    for c, n in ((pc, pn), (mc, mn), (vc, vn)):
+        _check(cpb, c, n, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transa,transb", [(False, False), (True, False), (False, True)])
+def test_matmul_seam(both, rng, dtype, transa, transb):
+    cpb, npb = both
+    a = rng.normal(size=(31, 17) if not transa else (17, 31)).astype(dtype)
+    b = rng.normal(size=(17, 9) if not transb else (9, 17)).astype(dtype)
+    ac, an = _pair(cpb, a)
+    bc, bn = _pair(cpb, b)
+    oc, on = _pair(cpb, np.full((31, 9), np.nan, dtype=dtype))
+    cpb.matmul(ac, bc, out=oc, transa=transa, transb=transb)
+    npb.matmul(an, bn, out=on, transa=transa, transb=transb)
+    _check(cpb, oc, on, dtype)
