@@ -1,0 +1,166 @@
+"""The trainer against a plain loop of loss_and_grads and hand-made updates."""
+
+import numpy as np
+import pytest
+
+import gpubp
+from _helpers import requires_cupy
+from gpubp.trainer import epoch_permutation
+
+
+def _manual_sgd(model, X, y, lr, batch, order_of_epoch, epochs, l2=0.0):
+    """The same training written out: loss_and_grads per batch, p -= lr * g."""
+    params = [(W.astype(np.float64), b.astype(np.float64)) for W, b in model.get_params()]
+    ref = gpubp.MLP(model.layer_sizes, model.activation, model.output, backend="numpy",
+                    dtype="float64")
+    losses = []
+    for e in range(epochs):
+        order = order_of_epoch(e)
+        total = 0.0
+        for s in range(0, len(X), batch):
+            idx = order[s:s + batch]
+            ref.set_params(params)
+            J, grads = ref.loss_and_grads(X[idx], y[idx], l2=l2)
+            total += J * len(idx)
+            params = [(W - lr * dW, b - lr * db) for (W, b), (dW, db) in zip(params, grads)]
+        losses.append(total / len(X))
+    return params, losses
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_fit_equals_a_plain_loop_with_a_partial_last_batch(backend, rng, shuffle):
+    n, batch = 23, 5                      # batches of 5, 5, 5, 5 and a last one of 3
+    X = rng.normal(size=(n, 4))
+    y = rng.integers(0, 3, size=n)
+    model = gpubp.MLP([4, 6, 3], activation="tanh", backend=backend, dtype="float64", seed=1)
+    trainer = gpubp.Trainer(model, optimizer=gpubp.optim.SGD(0.3), batch_size=batch, l2=0.2,
+                            seed=11)
+    expected, losses = _manual_sgd(
+        model, X, y, 0.3, batch,
+        (lambda e: np.asarray(epoch_permutation(np, n, 11, e))) if shuffle else (lambda e: np.arange(n)),
+        epochs=3, l2=0.2)
+    history = trainer.fit(X, y, epochs=3, shuffle=shuffle)
+    np.testing.assert_allclose(history["loss"], losses, rtol=1e-12)
+    for (W, b), (W_ref, b_ref) in zip(model.get_params(), expected):
+        np.testing.assert_allclose(W, W_ref, rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(b, b_ref, rtol=1e-11, atol=1e-13)
+    assert trainer.optimizer.steps == 15 and trainer.epochs_done == 3
+
+
+def test_epoch_permutation_is_a_fresh_permutation_each_epoch():
+    p0 = epoch_permutation(np, 1000, 0, 0)
+    assert sorted(p0.tolist()) == list(range(1000))
+    assert not np.array_equal(p0, epoch_permutation(np, 1000, 0, 1))
+    assert not np.array_equal(p0, epoch_permutation(np, 1000, 1, 0))
+    np.testing.assert_array_equal(p0, epoch_permutation(np, 1000, 0, 0))
+
+
+@requires_cupy
+def test_epoch_permutation_is_the_same_on_the_gpu():
+    import cupy
+
+    for n, seed, epoch in [(1, 0, 0), (1000, 3, 2), (100003, 7, 5)]:
+        np.testing.assert_array_equal(cupy.asnumpy(epoch_permutation(cupy, n, seed, epoch)),
+                                      epoch_permutation(np, n, seed, epoch))
+
+
+def test_history_and_validation(backend, rng):
+    X, y = rng.normal(size=(40, 5)), rng.integers(0, 3, size=40)
+    Xv, yv = rng.normal(size=(15, 5)), rng.integers(0, 3, size=15)
+    model = gpubp.MLP([5, 7, 3], backend=backend, dtype="float64")
+    trainer = gpubp.Trainer(model, batch_size=8, l2=0.1)
+    history = trainer.fit(X, y, epochs=4, validation_data=(Xv, yv))
+    assert set(history) == {"loss", "val_loss", "val_accuracy"}
+    assert all(len(v) == 4 for v in history.values())
+    final = model.evaluate(Xv, yv, l2=0.1)
+    assert history["val_loss"][-1] == pytest.approx(final["loss"], rel=1e-12)
+    assert history["val_accuracy"][-1] == pytest.approx(final["accuracy"])
+    regression = gpubp.MLP([5, 2], output="identity", backend=backend)
+    h = gpubp.Trainer(regression).fit(X, rng.normal(size=(40, 2)), validation_data=(Xv, rng.normal(size=(15, 2))))
+    assert set(h) == {"loss", "val_loss"}
+
+
+def test_sigmoid_outputs_report_accuracy_over_every_output(backend, rng):
+    X = rng.normal(size=(30, 3))
+    Y = (rng.uniform(size=(30, 2)) > 0.5).astype(float)
+    model = gpubp.MLP([3, 4, 2], output="sigmoid", backend=backend, dtype="float64")
+    h = gpubp.Trainer(model).fit(X, Y, validation_data=(X, Y))
+    expected = np.mean((model.predict(X) > 0.5) == (Y > 0.5))
+    assert h["val_accuracy"][-1] == pytest.approx(expected)
+
+
+def test_training_is_reproducible_and_seeded(backend, rng):
+    X, y = rng.normal(size=(50, 4)), rng.integers(0, 2, size=50)
+
+    def train(seed):
+        model = gpubp.MLP([4, 5, 2], backend=backend, seed=0)
+        gpubp.Trainer(model, batch_size=7, seed=seed).fit(X, y, epochs=3)
+        return model.backend.to_numpy(model.params)
+
+    np.testing.assert_array_equal(train(0), train(0))
+    assert not np.array_equal(train(0), train(1))
+
+
+def test_fit_again_continues_with_new_shuffles(rng):
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, size=30)
+    a = gpubp.MLP([4, 3, 2], backend="numpy", dtype="float64")
+    b = gpubp.MLP([4, 3, 2], backend="numpy", dtype="float64")
+    ta = gpubp.Trainer(a, optimizer=gpubp.optim.SGD(0.1), batch_size=4)
+    tb = gpubp.Trainer(b, optimizer=gpubp.optim.SGD(0.1), batch_size=4)
+    ta.fit(X, y, epochs=2)
+    tb.fit(X, y, epochs=1)
+    tb.fit(X, y, epochs=1)
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-13)
+
+
+@requires_cupy
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_gpu_and_cpu_give_the_same_numbers(rng, optimizer):
+    X, y = rng.normal(size=(200, 8)), rng.integers(0, 4, size=200)
+    results = []
+    for backend in ("numpy", "cupy"):
+        model = gpubp.MLP([8, 16, 16, 4], activation="tanh", backend=backend, dtype="float64", seed=5)
+        opt = gpubp.optim.SGD(0.1, momentum=0.9) if optimizer == "sgd" else gpubp.optim.Adam(1e-2)
+        h = gpubp.Trainer(model, optimizer=opt, batch_size=32, l2=0.01, seed=2).fit(X, y, epochs=5)
+        results.append((model.backend.to_numpy(model.params), h["loss"]))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10)
+
+
+@requires_cupy
+def test_no_gpu_allocation_inside_a_step_after_the_first(rng):
+    import cupy
+    from cupy.cuda.memory_hook import MemoryHook
+
+    class CountMallocs(MemoryHook):
+        name = "count_mallocs"
+
+        def __init__(self):
+            self.count = 0
+
+        def malloc_preprocess(self, **kwargs):
+            self.count += 1
+
+    model = gpubp.MLP([32, 64, 64, 10], backend="cupy")
+    trainer = gpubp.Trainer(model, batch_size=16)
+    X, y = rng.normal(size=(100, 32)), rng.integers(0, 10, size=100)
+    Xd, dense, labels = model._device_data(X, y, "cross_entropy")
+    order = cupy.asarray(rng.permutation(100))
+    loss = cupy.zeros((), dtype=np.float64)
+    bufs = model._buffers_for(16)
+    xb = cupy.empty((16, 32), dtype=model.dtype)
+    tb = cupy.empty(16, dtype=np.int32)
+
+    def step(s):  # what Trainer.fit does per batch: gather, backprop, update
+        cupy.take(Xd, order[s:s + 16], axis=0, out=xb)
+        cupy.take(labels, order[s:s + 16], axis=0, out=tb)
+        model._backprop(xb, None, tb, "softmax_ce", 0.1, bufs, loss)
+        trainer.optimizer.step(model)
+
+    step(0)
+    cupy.cuda.Device().synchronize()
+    hook = CountMallocs()
+    with hook:
+        for s in (16, 32, 48):
+            step(s)
+    assert hook.count == 0
