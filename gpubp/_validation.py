@@ -39,6 +39,16 @@ def _xp(a):
     return np
 
 
+def check_fits(name: str, a, dtype):
+    """Values of ``a`` must stay finite when cast to ``dtype`` (float64 data into
+    a float32 model: beyond 3.4e38 they would become Inf)."""
+    dtype = np.dtype(dtype)
+    if a.dtype.kind == "f" and a.dtype.itemsize > dtype.itemsize:
+        limit = float(np.finfo(dtype).max)
+        if float(_xp(a).abs(a).max()) > limit:
+            raise ValueError(f"{name} holds values beyond the range of {dtype.name} (|x| > {limit:.3g})")
+
+
 def check_X(X, n_inputs: int, name: str = "X"):
     X = as_checked_array(name, X)
     if X.ndim != 2:

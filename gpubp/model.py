@@ -122,18 +122,23 @@ class MLP:
                 raise ValueError(f"params[{layer}][0] (W) must have shape {(n_in, n_out)}; got {w.shape}")
             if b.shape != (n_out,):
                 raise ValueError(f"params[{layer}][1] (b) must have shape {(n_out,)}; got {b.shape}")
+            v.check_fits(f"params[{layer}][0] (W)", w, self.dtype)
+            v.check_fits(f"params[{layer}][1] (b)", b, self.dtype)
             checked.append((w, b))
         for (w, b), wv, bv in zip(checked, self.weights, self.biases):
             wv[...] = self.backend.asarray(w, dtype=self.dtype)
             bv[...] = self.backend.asarray(b, dtype=self.dtype)
 
     # -- validation ----------------------------------------------------------
-    def _device_data(self, X, Y=None, loss=None):
+    def _device_data(self, X, Y=None, loss=None, names=("X", "Y")):
         """Validate, then move to the device: ``(X, dense Y, int32 labels)``."""
-        X = v.check_X(X, self.layer_sizes[0])
+        X = v.check_X(X, self.layer_sizes[0], names[0])
         dense = labels = None
         if Y is not None:
-            dense, labels = v.check_Y(Y, X.shape[0], self.layer_sizes[-1], loss)
+            dense, labels = v.check_Y(Y, X.shape[0], self.layer_sizes[-1], loss, names[1])
+        v.check_fits(names[0], X, self.dtype)
+        if dense is not None:
+            v.check_fits(names[1], dense, self.dtype)
         X = self.backend.asarray(X, dtype=self.dtype)
         if dense is not None:
             dense = self.backend.asarray(dense, dtype=self.dtype)
@@ -283,7 +288,7 @@ def _check_layer_sizes(layer_sizes):
 
 def _check_dtype(dtype):
     try:
-        dt = np.dtype(dtype)
+        dt = None if dtype is None else np.dtype(dtype)
     except TypeError:
         dt = None
     if dt is None or dt.name not in DTYPES:

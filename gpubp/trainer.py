@@ -58,6 +58,8 @@ class Trainer:
             raise TypeError(
                 f"optimizer must be a gpubp.optim optimizer (SGD, Adam, AdamW); got {optimizer!r}"
             )
+        if optimizer._model is not None and optimizer._model is not model:
+            raise ValueError("optimizer already holds state for another model; create one per model")
         self.optimizer = optimizer
         self.batch_size = v.check_positive_int("batch_size", batch_size)
         self.l2 = v.check_real("l2", l2, low=0.0)
@@ -84,7 +86,8 @@ class Trainer:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, Y_val)")
-            val = model._device_data(validation_data[0], validation_data[1], self.loss)
+            val = model._device_data(validation_data[0], validation_data[1], self.loss,
+                                     names=("validation_data[0] (X_val)", "validation_data[1] (Y_val)"))
 
         xp = model.xp
         n = X.shape[0]

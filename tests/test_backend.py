@@ -31,6 +31,8 @@ def test_environment_variable_sets_the_default(monkeypatch):
     monkeypatch.setenv("GPUBP_BACKEND", "tpu")
     with pytest.raises(ValueError, match="GPUBP_BACKEND"):
         gpubp.get_backend()
+    with pytest.raises(ValueError, match="GPUBP_BACKEND"):
+        gpubp.MLP([2, 2])
 
 
 def test_an_explicit_name_beats_the_environment(monkeypatch):

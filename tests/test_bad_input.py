@@ -8,7 +8,6 @@ Every case below asserts the exception type, that the message names the
 argument, and, where the call could change state (loss_and_grads, evaluate,
 set_params, Trainer.fit, gradcheck), that the parameters, the gradients, the
 optimizer's step count and the trainer's epoch count are exactly as they were.
-Known defects are marked ``xfail(strict=True)`` with the reason.
 """
 
 from __future__ import annotations
@@ -27,14 +26,6 @@ ERRORS = (ValueError, TypeError)
 
 SIZES = [4, 5, 3]
 N_IN, N_OUT = SIZES[0], SIZES[-1]
-
-
-@pytest.fixture
-def rng():
-    """Fresh random inputs for every test; the seed is printed for a failing run."""
-    seed = np.random.SeedSequence().entropy
-    print(f"rng seed: {seed}")
-    return np.random.default_rng(seed)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -395,10 +386,6 @@ def test_mlp_messages_say_what_was_expected(backend):
         gpubp.MLP(SIZES, dtype="int32", backend=backend)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: get_backend passes through any object whose .name is 'numpy' or 'cupy', so "
-    "MLP(backend=<such an object>) fails later with AttributeError ('.xp') instead of "
-    "ValueError/TypeError naming backend"))
 def test_fake_backend_object_rejected():
     with pytest.raises(ERRORS, match=r"backend"):
         gpubp.MLP(SIZES, backend=types.SimpleNamespace(name="numpy"))
@@ -440,7 +427,10 @@ def test_cupy_unavailable_says_why(monkeypatch, rng):
     monkeypatch.setenv("GPUBP_BACKEND", "cupy")
     with pytest.raises(gpubp.BackendUnavailableError, match=r"cupy"):
         gpubp.get_backend()
-    # "auto" falls back to NumPy instead.
+    with pytest.raises(gpubp.BackendUnavailableError, match=r"cupy"):
+        gpubp.MLP(SIZES)
+    # Without the variable, "auto" falls back to NumPy.
+    monkeypatch.delenv("GPUBP_BACKEND")
     assert gpubp.get_backend("auto").name == "numpy"
 
 
@@ -518,7 +508,7 @@ BAD_FIT_ARGS = {  # name -> (kwargs(rng), what the message must name)
     "val_triple": (lambda rng: {"validation_data": _val(rng, 5) + (None,)}, r"validation_data"),
     "val_str": (lambda rng: {"validation_data": "val"}, r"validation_data"),
     "val_dict": (lambda rng: {"validation_data": {"X": 1, "Y": 2}}, r"validation_data"),
-    # The validation pair itself is bad: the message names X or Y (see the xfail below).
+    # The validation pair itself is bad.
     "val_X_too_wide": (lambda rng: {"validation_data": _val(rng, 5, X=rng.normal(size=(5, N_IN + 1)))}, r"\bX"),
     "val_X_1d": (lambda rng: {"validation_data": _val(rng, 5, X=rng.normal(size=5 * N_IN))}, r"\bX"),
     "val_X_nan": (lambda rng: {"validation_data": _val(rng, 5, X=with_nan(rng, rng.normal(size=(5, N_IN))))}, r"\bX"),
@@ -576,10 +566,6 @@ VALIDATION_NAMING = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Trainer.fit validates validation_data with the names 'X' and 'Y', so an error in the "
-    "validation pair reads like an error in the training X/Y; the message does not name "
-    "validation_data"))
 @pytest.mark.parametrize("bad", list(VALIDATION_NAMING))
 def test_bad_validation_data_message_names_validation_data(rng, bad):
     model = make_model(rng, "numpy")
@@ -589,10 +575,6 @@ def test_bad_validation_data_message_names_validation_data(rng, bad):
         trainer.fit(X, Y, validation_data=VALIDATION_NAMING[bad](rng))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an optimizer already bound to another model is only detected inside "
-    "Optimizer.step, after the first batch's forward and backward kernels have run and "
-    "overwritten the new model's grads; neither Trainer() nor fit() checks it up front"))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_optimizer_of_another_model_rejected_before_any_kernel(rng, backend):
     first, second = make_model(rng, backend), make_model(rng, backend)
@@ -824,10 +806,6 @@ def test_set_params_messages_say_what_was_expected(rng, backend):
 
 # -- finite in float64, infinite in the model's float32 ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: X is checked for NaN/Inf in its own dtype, then cast to the model's dtype; "
-    "float64 values beyond float32's range (e.g. 1e39) become Inf after the check and "
-    "reach the kernels (the output is NaN) instead of being rejected"))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_X_overflowing_float32_rejected(rng, backend):
     model = make_model(rng, backend, dtype="float32")
@@ -837,9 +815,6 @@ def test_X_overflowing_float32_rejected(rng, backend):
             model.predict(X)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: set_params checks W/b for NaN/Inf before casting to the model's dtype; a float64 "
-    "value beyond float32's range (e.g. 1e39) is written into a float32 model as Inf"))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_set_params_overflowing_float32_rejected(rng, backend):
     model = make_model(rng, backend, dtype="float32")

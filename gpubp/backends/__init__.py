@@ -84,23 +84,34 @@ def _make(name: str):
     return CupyBackend()
 
 
-def get_backend(name: str | None = None):
-    """The backend object for ``name`` ("auto", "numpy" or "cupy"; a backend
-    object is passed through). None means ``$GPUBP_BACKEND``, else "auto".
+def get_backend(name: str | None = "auto"):
+    """The backend object for ``name``: "numpy", "cupy" or "auto" (None is "auto";
+    a backend object is passed through).
 
-    The object has ``.name``, ``.xp`` (the array module), ``asarray`` and
-    ``to_numpy`` to move arrays, and the fused operations of one training step.
+    "auto" takes ``$GPUBP_BACKEND`` when it is set (numpy, cupy or auto), else
+    CuPy when it imports and sees a usable GPU, else NumPy. An explicit "numpy"
+    or "cupy" wins over the environment. The object has ``.name``, ``.xp`` (the
+    array module), ``asarray`` and ``to_numpy`` to move arrays, ``matmul``, and
+    the fused operations of one training step.
     """
-    if name is None:
-        name = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
-        source = f"${ENV_VAR}"
-    else:
-        source = "backend"
-    if isinstance(name, (NumpyBackend,)) or getattr(name, "name", None) in ("numpy", "cupy"):
+    if _is_backend(name):
         return name
+    if name is None:
+        name = "auto"
     if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
-        raise ValueError(f"{source} must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
     name = name.lower()
     if name == "auto":
-        name = "cupy" if _cupy_problem() is None else "numpy"
+        env = os.environ.get(ENV_VAR, "").strip().lower()
+        if env and env not in BACKEND_NAMES:
+            raise ValueError(
+                f"${ENV_VAR} must be one of {', '.join(BACKEND_NAMES)}; got {env!r}"
+            )
+        name = env if env in ("numpy", "cupy") else ("cupy" if _cupy_problem() is None else "numpy")
     return _make(name)
+
+
+def _is_backend(obj) -> bool:
+    if isinstance(obj, NumpyBackend):
+        return True
+    return type(obj).__name__ == "CupyBackend" and type(obj).__module__ == f"{__name__}.cupy_backend"
