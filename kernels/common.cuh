@@ -10,7 +10,6 @@
 //   4 leaky_relu  g(z) = z if z > 0 else 0.01 z g'(z) = 1 if a > 0 else 0.01
 // Every derivative is written from the stored activation a = g(z), so the
 // backward pass never needs z for a hidden layer.
-#pragma once
 
 #define GPUBP_LEAKY_SLOPE 0.01
 
