@@ -238,3 +238,20 @@ def test_matmul_seam(both, rng, dtype, transa, transb):
     cpb.matmul(ac, bc, out=oc, transa=transa, transb=transb)
     npb.matmul(an, bn, out=on, transa=transa, transb=transb)
     _check(cpb, oc, on, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fused_and_unfused_gpu_paths_train_alike(rng, activation):
+    """The benchmarks' unfused baseline (the NumPy definitions on CuPy arrays)
+    trains to the same parameters as the fused kernels."""
+    import gpubp
+    from gpubp.backends import plain_cupy_backend
+
+    X, y = rng.normal(size=(64, 6)), rng.integers(0, 3, size=64)
+    params = []
+    for backend in (get_backend("cupy"), plain_cupy_backend()):
+        model = gpubp.MLP([6, 9, 3], activation=activation, backend=backend, dtype="float64", seed=1)
+        gpubp.Trainer(model, batch_size=10, l2=0.1).fit(X, y, epochs=3)
+        params.append(model.backend.to_numpy(model.params))
+    np.testing.assert_allclose(params[0], params[1], rtol=1e-10, atol=1e-13)

@@ -112,6 +112,18 @@ def get_backend(name: str | None = "auto"):
 
 
 def _is_backend(obj) -> bool:
+    """A backend object of gpubp's (NumpyBackend, CupyBackend, PlainCupyBackend)."""
     if isinstance(obj, NumpyBackend):
         return True
     return type(obj).__name__ == "CupyBackend" and type(obj).__module__ == f"{__name__}.cupy_backend"
+
+
+def plain_cupy_backend():
+    """CuPy with plain array expressions in place of the fused kernels, for the
+    benchmarks' fused-against-unfused comparison."""
+    problem = _cupy_problem()
+    if problem is not None:
+        raise BackendUnavailableError(f"backend 'cupy' is unavailable: {problem}")
+    from .cupy_backend import PlainCupyBackend
+
+    return PlainCupyBackend()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from .numpy_backend import NumpyBackend
 
 _THREADS = 256
 _C_TYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -137,3 +138,27 @@ class CupyBackend:
             (_THREADS,),
             (p, g, m, v, np.int64(p.size), t(decay), t(beta1), t(beta2), t(step_size), t(bc2_sqrt), t(eps)),
         )
+
+
+class PlainCupyBackend(NumpyBackend):
+    """CuPy without the fused kernels: the NumPy backend's plain array
+    expressions run on the GPU (with cuBLAS for the products). The benchmarks
+    time it beside :class:`CupyBackend` so that each kernel's worth is measured."""
+
+    name = "cupy-unfused"
+
+    def __init__(self):
+        self._gpu = CupyBackend()
+        self.xp = self._gpu.xp
+
+    def asarray(self, a, dtype=None):
+        return self._gpu.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return self._gpu.to_numpy(a)
+
+    def synchronize(self):
+        self._gpu.synchronize()
+
+    def matmul(self, a, b, out, transa=False, transb=False):
+        return self._gpu.matmul(a, b, out, transa=transa, transb=transb)

@@ -1,8 +1,11 @@
 """The NumPy backend: the CPU path, and the readable definition of every kernel.
 
 Each method below computes what one CUDA kernel in ``kernels/`` computes (the
-file is named in the docstring), in place with ``out=`` where NumPy allows.
-The CuPy backend has the same methods; the tests hold the two to each other.
+file is named in the docstring) with plain array expressions, in place with
+``out=`` where the array module allows. The methods use ``self.xp`` only, so
+the same code on CuPy arrays is the unfused GPU path the benchmarks compare the
+kernels with (``PlainCupyBackend``). The CuPy backend has the same methods; the
+tests hold the two to each other.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import numpy as np
 LEAKY_SLOPE = 0.01
 
 
-def _sigmoid(x, out):
+def _sigmoid(xp, x, out):
     """out = 1 / (1 + exp(-x)) as exp(-log(1 + exp(-x))): no overflow for any x."""
-    np.negative(x, out=out)
-    np.logaddexp(0, out, out=out)
-    np.negative(out, out=out)
-    return np.exp(out, out=out)
+    xp.negative(x, out=out)
+    xp.logaddexp(0, out, out=out)
+    xp.negative(out, out=out)
+    return xp.exp(out, out=out)
 
 
 class NumpyBackend:
@@ -45,21 +48,23 @@ class NumpyBackend:
     # -- forward ------------------------------------------------------------
     def bias_activation(self, z, b, activation):
         """z <- g(z + b) in place (kernels/bias_activation.cu)."""
-        np.add(z, b, out=z)
+        xp = self.xp
+        xp.add(z, b, out=z)
         if activation == "sigmoid":
-            _sigmoid(z, out=z)
+            _sigmoid(xp, z, out=z)
         elif activation == "tanh":
-            np.tanh(z, out=z)
+            xp.tanh(z, out=z)
         elif activation == "relu":
-            np.maximum(z, 0, out=z)
+            xp.maximum(z, 0, out=z)
         elif activation == "leaky_relu":
-            np.multiply(z, np.where(z > 0, 1.0, LEAKY_SLOPE).astype(z.dtype), out=z)
+            xp.multiply(z, xp.where(z > 0, 1.0, LEAKY_SLOPE).astype(z.dtype), out=z)
         return z
 
     def softmax(self, z, out):
         """out = softmax(z) row by row (kernels/softmax_cross_entropy.cu, variant 2)."""
-        np.subtract(z, z.max(axis=1, keepdims=True), out=out)
-        np.exp(out, out=out)
+        xp = self.xp
+        xp.subtract(z, z.max(axis=1, keepdims=True), out=out)
+        xp.exp(out, out=out)
         out /= out.sum(axis=1, keepdims=True)
         return out
 
@@ -70,18 +75,19 @@ class NumpyBackend:
         ``y`` holds dense targets (variant 0) or is None and ``labels`` holds
         integer classes (variant 1). delta = scale (p sum(y) - y); loss += sum y (lse - z).
         """
+        xp = self.xp
         zmax = z.max(axis=1, keepdims=True)
-        np.subtract(z, zmax, out=delta)
-        np.exp(delta, out=delta)
+        xp.subtract(z, zmax, out=delta)
+        xp.exp(delta, out=delta)
         sums = delta.sum(axis=1, keepdims=True)
-        lse = zmax + np.log(sums)
+        lse = zmax + xp.log(sums)
         delta /= sums                                   # delta = p
         if y is None:
-            rows = np.arange(z.shape[0])
-            loss += np.sum(lse[:, 0] - z[rows, labels], dtype=np.float64)
+            rows = xp.arange(z.shape[0])
+            loss += xp.sum(lse[:, 0] - z[rows, labels], dtype=np.float64)
             delta[rows, labels] -= 1
         else:
-            loss += np.sum(y * (lse - z), dtype=np.float64)
+            loss += xp.sum(y * (lse - z), dtype=np.float64)
             delta *= y.sum(axis=1, keepdims=True)
             delta -= y
         delta *= scale
@@ -95,19 +101,20 @@ class NumpyBackend:
         kind "bce_sigmoid":  loss += max(z,0) - z y + log(1 + exp(-|z|)), delta = s - y
         each delta then times scale.
         """
+        xp = self.xp
         if kind == "mse_identity":
-            np.subtract(z, y, out=delta)
-            loss += 0.5 * np.sum(np.square(delta), dtype=np.float64)
+            xp.subtract(z, y, out=delta)
+            loss += 0.5 * xp.sum(xp.square(delta), dtype=np.float64)
         elif kind == "mse_sigmoid":
-            s = _sigmoid(z, out=np.empty_like(z))
-            np.subtract(s, y, out=delta)
-            loss += 0.5 * np.sum(np.square(delta), dtype=np.float64)
+            s = _sigmoid(xp, z, out=xp.empty_like(z))
+            xp.subtract(s, y, out=delta)
+            loss += 0.5 * xp.sum(xp.square(delta), dtype=np.float64)
             delta *= s
             delta *= 1 - s
         elif kind == "bce_sigmoid":
-            per_element = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-            loss += np.sum(per_element, dtype=np.float64)
-            _sigmoid(z, out=delta)
+            per_element = xp.maximum(z, 0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+            loss += xp.sum(per_element, dtype=np.float64)
+            _sigmoid(xp, z, out=delta)
             delta -= y
         else:
             raise ValueError(f"unknown pointwise loss {kind!r}")
@@ -117,25 +124,26 @@ class NumpyBackend:
     # -- backward -------------------------------------------------------------
     def activation_backward(self, err, a, activation, out):
         """out = err * g'(z), g' from a = g(z) (kernels/activation_backward.cu)."""
+        xp = self.xp
         if activation == "sigmoid":
-            np.multiply(err, a * (1 - a), out=out)
+            xp.multiply(err, a * (1 - a), out=out)
         elif activation == "tanh":
-            np.multiply(err, 1 - a * a, out=out)
+            xp.multiply(err, 1 - a * a, out=out)
         elif activation == "relu":
-            np.multiply(err, a > 0, out=out)
+            xp.multiply(err, a > 0, out=out)
         elif activation == "leaky_relu":
-            np.multiply(err, np.where(a > 0, 1.0, LEAKY_SLOPE).astype(a.dtype), out=out)
+            xp.multiply(err, xp.where(a > 0, 1.0, LEAKY_SLOPE).astype(a.dtype), out=out)
         elif out is not err:
-            np.copyto(out, err)
+            xp.copyto(out, err)
         return out
 
     def bias_grad(self, delta, out):
         """out[j] = sum_i delta[i, j] (kernels/bias_grad.cu)."""
-        return np.sum(delta, axis=0, out=out)
+        return self.xp.sum(delta, axis=0, out=out)
 
     def l2_penalty(self, w, g, loss, l2, m):
         """g += (l2 / m) w; loss += (l2 / 2) sum w^2 (kernels/l2_penalty.cu)."""
-        loss += 0.5 * l2 * float(np.dot(w, w))
+        loss += 0.5 * l2 * self.xp.dot(w, w)
         g += w * w.dtype.type(l2 / m)
 
     # -- optimizers ------------------------------------------------------------
@@ -160,4 +168,4 @@ class NumpyBackend:
         v += (t(1) - t(beta2)) * g * g
         if decay != 1.0:
             p *= t(decay)
-        p -= t(step_size) * m / (np.sqrt(v) / t(bc2_sqrt) + t(eps))
+        p -= t(step_size) * m / (self.xp.sqrt(v) / t(bc2_sqrt) + t(eps))
