@@ -1,4 +1,4 @@
-"""Command line: ``gpubp demo`` (or ``python -m gpubp demo``)."""
+"""Command line: ``gpubp bench`` and ``gpubp demo`` (or ``python -m gpubp ...``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,24 @@ def main(argv=None):
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--verbose", action="store_true", help="print every epoch")
 
+    bench = sub.add_parser("bench", help="time training on NumPy and CuPy beside PyTorch and the GEMM floor")
+    bench.add_argument("--config", action="append", metavar="NAME",
+                       help="a named config (small, medium, large, narrow, tiny); repeatable; "
+                            "default: small, medium, large, narrow (large on the CPU only when named)")
+    bench.add_argument("--layers", help="a network of your own, e.g. 784,256,10 (with --batch)")
+    bench.add_argument("--batch", type=int, help="batch size of the --layers network")
+    bench.add_argument("--activation", default="sigmoid", help="hidden activation of the --layers network")
+    bench.add_argument("--output", default="softmax", help="output of the --layers network")
+    bench.add_argument("--backend", default="all", choices=["numpy", "cupy", "all"])
+    bench.add_argument("--quick", action="store_true", help="few repetitions, a small epoch")
+    bench.add_argument("--repeat", type=int, help="timed repetitions per figure (default 30, quick 5)")
+    bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    bench.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG of step times (needs matplotlib)")
+
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench(parser, args)
     if args.command == "demo":
         from .demo import run_digits
 
@@ -36,6 +53,40 @@ def main(argv=None):
         print(f"backend {model.backend.name}, {args.epochs} epochs in {seconds:.2f} s, "
               f"final training loss {history['loss'][-1]:.4f}")
         print(f"held-out accuracy {accuracy:.4f} ({accuracy * 100:.1f}%)")
+    return 0
+
+
+def _bench(parser, args):
+    from .bench import CONFIGS, DEFAULT_CONFIGS, Settings, custom_config, run
+    from .bench.report import plot, table, write_json
+
+    names = args.config or ([] if args.layers else list(DEFAULT_CONFIGS))
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown --config {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    configs = [CONFIGS[n] for n in names]
+    if args.layers or args.batch:
+        if not (args.layers and args.batch):
+            parser.error("--layers and --batch go together")
+        try:
+            layers = [int(s) for s in args.layers.split(",")]
+            configs.append(custom_config(layers, args.batch, args.activation, args.output))
+        except ValueError as exc:
+            parser.error(f"--layers must be comma-separated integers, e.g. 784,256,10 ({exc})")
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    backends = ["numpy", "cupy"] if args.backend == "all" else [args.backend]
+    settings = Settings(quick=args.quick, repeat=args.repeat, use_torch=not args.no_torch)
+    explicit = set(args.config or []) | {c.name for c in configs if c.name.startswith("custom-")}
+    results = run(configs, backends, settings, explicit=explicit,
+                  log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(table(results))
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -67,6 +67,7 @@ class Trainer:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         self.seed = int(seed)
         self.epochs_done = 0
+        self._gathered = {}                 # batch shape -> (X rows, target rows), reused
 
     def fit(self, X, Y, epochs=1, shuffle=True, validation_data=None, verbose=False):
         """Train for ``epochs`` passes over (X, Y); returns the history dict.
@@ -89,11 +90,15 @@ class Trainer:
             val = model._device_data(validation_data[0], validation_data[1], self.loss,
                                      names=("validation_data[0] (X_val)", "validation_data[1] (Y_val)"))
 
+        return self._train(X, dense, labels, val, epochs, shuffle, verbose)
+
+    def _train(self, X, dense, labels, val, epochs, shuffle, verbose=False):
+        """The epochs themselves, on validated device data."""
+        model = self.model
         xp = model.xp
         n = X.shape[0]
         targets = dense if dense is not None else labels
         bounds = [(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
-        gathered = {}                       # batch size -> (X rows, target rows)
         loss_sum = xp.zeros((), dtype=np.float64)
         history = {"loss": []}
         if val is not None:
@@ -110,10 +115,11 @@ class Trainer:
                 if order is None:
                     xb, tb = X[s:e], targets[s:e]
                 else:
-                    if m not in gathered:
-                        gathered[m] = (xp.empty((m,) + X.shape[1:], X.dtype),
-                                       xp.empty((m,) + targets.shape[1:], targets.dtype))
-                    xb, tb = gathered[m]
+                    key = (m, X.shape[1:], X.dtype, targets.shape[1:], targets.dtype)
+                    if key not in self._gathered:
+                        self._gathered[key] = (xp.empty((m,) + X.shape[1:], X.dtype),
+                                               xp.empty((m,) + targets.shape[1:], targets.dtype))
+                    xb, tb = self._gathered[key]
                     xp.take(X, order[s:e], axis=0, out=xb)
                     xp.take(targets, order[s:e], axis=0, out=tb)
                 batch_dense, batch_labels = (tb, None) if dense is not None else (None, tb)

@@ -1,0 +1,190 @@
+"""Runs the benchmark matrix: every config on every asked-for backend, beside
+PyTorch and the GEMM floor, and computes the ratios."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import platform
+import sys
+
+import numpy as np
+
+from .. import __version__
+from ..backends import BackendUnavailableError, available_backends, get_backend, plain_cupy_backend
+from .timing import CupyEvents, HostClock, TorchEvents, measure
+from .torch_peer import TorchWorkload, torch_version
+from .workloads import GemmFloor, GpubpWorkload
+
+WORKLOADS = ("forward", "step", "epoch")
+
+
+class Settings:
+    def __init__(self, quick=False, repeat=None, budget_s=None, use_torch=True):
+        self.quick = quick
+        self.repeat = repeat or (5 if quick else 30)
+        self.warmup = 2 if quick else 5
+        self.budget_s = budget_s or (2.0 if quick else 10.0)
+        self.use_torch = use_torch
+
+    def n_batches(self, config):
+        return 2 if self.quick else config.epoch_batches
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment():
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["gpubp"] + sys.argv[1:]) if sys.argv else "",
+        "python": platform.python_version(),
+        "gpubp": __version__,
+        "numpy": np.__version__,
+        "torch": torch_version(),
+        "cpu": _cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "gpu": None,
+        "cupy": None,
+    }
+    if "cupy" in available_backends():
+        import cupy
+
+        meta["cupy"] = cupy.__version__
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        meta["gpu"] = name.decode() if isinstance(name, bytes) else name
+    return meta
+
+
+def _free_gpu():
+    gc.collect()
+    try:
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+    except Exception:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def plan(config, backend, settings, explicit=()):
+    """``(subject, device, factory, clock factory, workloads)`` to time, or
+    ``(subject, reason)`` for those skipped."""
+    torch_ok = settings.use_torch and torch_version() is not None
+    n_batches = settings.n_batches(config)
+    if backend == "numpy":
+        if not config.cpu_by_default and config.name not in explicit:
+            reason = f"the CPU runs {config.name} only when asked for by name (--config {config.name})"
+            return [("gpubp-numpy", reason), ("floor-numpy", reason), ("torch-cpu", reason)]
+        numpy = get_backend("numpy")
+        out = [
+            ("gpubp-numpy", "cpu", lambda: GpubpWorkload(config, numpy, n_batches), HostClock, WORKLOADS),
+            ("floor-numpy", "cpu", lambda: GemmFloor(config, numpy), HostClock, ("forward", "step")),
+        ]
+        if torch_ok:
+            params = lambda: GpubpWorkload(config, numpy, 1).model.get_params()  # noqa: E731
+            out.append(("torch-cpu", "cpu", lambda: TorchWorkload(config, "cpu", params(), n_batches),
+                        HostClock, WORKLOADS))
+        else:
+            out.append(("torch-cpu", "PyTorch is not installed" if settings.use_torch else "--no-torch"))
+        return out
+    # cupy, and PyTorch on the GPU whether or not CuPy works
+    out = []
+    try:
+        cupy_backend = get_backend("cupy")
+    except BackendUnavailableError as exc:
+        out += [(s, str(exc)) for s in ("gpubp-cupy", "gpubp-cupy-unfused", "floor-cupy")]
+    else:
+        out += [
+            ("gpubp-cupy", "gpu", lambda: GpubpWorkload(config, cupy_backend, n_batches),
+             CupyEvents, WORKLOADS),
+            ("gpubp-cupy-unfused", "gpu", lambda: GpubpWorkload(config, plain_cupy_backend(), n_batches),
+             CupyEvents, ("forward", "step")),
+            ("floor-cupy", "gpu", lambda: GemmFloor(config, cupy_backend), CupyEvents, ("forward", "step")),
+        ]
+    if torch_ok and _torch_cuda():
+        params = lambda: GpubpWorkload(config, get_backend("numpy"), 1).model.get_params()  # noqa: E731
+        out.append(("torch-cuda", "gpu", lambda: TorchWorkload(config, "cuda", params(), n_batches),
+                    TorchEvents, WORKLOADS))
+        out.append(("torch-cuda-graph", "gpu",
+                    lambda: TorchWorkload(config, "cuda", params(), n_batches, graph=True),
+                    TorchEvents, ("step",)))
+    else:
+        reason = ("--no-torch" if not settings.use_torch else
+                  "PyTorch is not installed" if torch_version() is None else
+                  "PyTorch sees no CUDA device")
+        out += [("torch-cuda", reason), ("torch-cuda-graph", reason)]
+    return out
+
+
+def _torch_cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=print):
+    """Time every (config, backend) pair; returns the JSON-ready results."""
+    settings = settings or Settings()
+    results = {"meta": environment(), "settings": {"quick": settings.quick, "repeat": settings.repeat,
+                                                    "budget_s": settings.budget_s},
+               "configs": {}, "measurements": [], "skipped": [], "ratios": {}}
+    for config in configs:
+        results["configs"][config.name] = config.to_dict()
+        for backend in backends:
+            for entry in plan(config, backend, settings, explicit):
+                if len(entry) == 2:
+                    results["skipped"].append({"config": config.name, "subject": entry[0],
+                                               "reason": entry[1]})
+                    continue
+                subject, device, factory, clock, workloads = entry
+                log(f"  {config.name}: {subject} ...")
+                work = factory()
+                for workload in workloads:
+                    timing = measure(getattr(work, workload), clock(), repeat=settings.repeat,
+                                     warmup=1 if workload == "epoch" else settings.warmup,
+                                     budget_s=settings.budget_s)
+                    record = {"config": config.name, "subject": subject, "device": device,
+                              "workload": workload, **timing.to_dict()}
+                    if workload != "epoch":
+                        record["tflops"] = config.flops(workload) / (timing.median_us * 1e6)
+                    results["measurements"].append(record)
+                del work
+                _free_gpu()
+        results["ratios"][config.name] = {
+            w: ratios(results["measurements"], config.name, w) for w in WORKLOADS}
+    return results
+
+
+RATIOS = [  # (name, numerator subject, denominator subject): ratios of medians
+    ("cupy_speedup_over_numpy", "gpubp-numpy", "gpubp-cupy"),
+    ("cupy_over_torch_cuda", "gpubp-cupy", "torch-cuda"),
+    ("cupy_over_torch_cuda_graph", "gpubp-cupy", "torch-cuda-graph"),
+    ("cupy_over_floor", "gpubp-cupy", "floor-cupy"),
+    ("fused_speedup_over_unfused", "gpubp-cupy-unfused", "gpubp-cupy"),
+    ("numpy_over_torch_cpu", "gpubp-numpy", "torch-cpu"),
+    ("numpy_over_floor", "gpubp-numpy", "floor-numpy"),
+]
+
+
+def ratios(measurements, config_name, workload):
+    """Ratios of one workload's medians; a ratio whose subjects were not both timed is absent."""
+    med = {m["subject"]: m["median_us"] for m in measurements
+           if m["config"] == config_name and m["workload"] == workload}
+    return {name: med[a] / med[b] for name, a, b in RATIOS if a in med and b in med}

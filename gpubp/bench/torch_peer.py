@@ -1,0 +1,104 @@
+"""The same network, data and optimizer in PyTorch: eager on the CPU or GPU,
+and on the GPU with its whole training step captured in a CUDA graph."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .workloads import synthetic_data
+
+
+def torch_version():
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch.__version__
+
+
+class TorchWorkload:
+    def __init__(self, config, device, params, n_batches, graph=False):
+        import torch
+        from torch import nn
+
+        self.torch = torch
+        self.config = config
+        acts = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU,
+                "leaky_relu": lambda: nn.LeakyReLU(0.01), "identity": nn.Identity}
+        layers = []
+        for i, (W, b) in enumerate(params):
+            lin = nn.Linear(*W.shape)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
+                lin.bias.copy_(torch.from_numpy(b))
+            layers.append(lin)
+            if i < len(params) - 1:
+                layers.append(acts[config.activation]())
+        self.net = nn.Sequential(*layers).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3, capturable=graph)
+        X, Y = synthetic_data(config, config.batch * n_batches)
+        self.X = torch.from_numpy(X).to(device)
+        self.Y = torch.from_numpy(Y).to(device)
+        if config.loss == "cross_entropy":
+            self.Y = self.Y.long()
+        m = config.batch
+        self.xb, self.yb = self.X[:m].clone(), self.Y[:m].clone()
+        self.device = device
+        self.graph = None
+        if graph:
+            self._capture()
+
+    def _loss(self, z, y):
+        F = self.torch.nn.functional
+        m = z.shape[0]
+        if self.config.loss == "cross_entropy":
+            return F.cross_entropy(z, y)
+        if self.config.loss == "binary_cross_entropy":
+            return F.binary_cross_entropy_with_logits(z, y, reduction="sum") / m
+        out = self.torch.sigmoid(z) if self.config.output == "sigmoid" else z
+        return 0.5 * ((out - y) ** 2).sum() / m
+
+    def _step(self, xb, yb):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self._loss(self.net(xb), yb)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def _capture(self):
+        """torch.cuda.graph over forward, loss, backward and Adam: warm up on a
+        side stream as PyTorch's documentation prescribes, then capture."""
+        torch = self.torch
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step(self.xb, self.yb)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            loss = self._loss(self.net(self.xb), self.yb)
+            loss.backward()
+            self.opt.step()
+
+    def forward(self):
+        with self.torch.no_grad():
+            self.net(self.xb)
+
+    def step(self):
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step(self.xb, self.yb)
+
+    def epoch(self):
+        torch = self.torch
+        n, m = self.X.shape[0], self.config.batch
+        order = torch.randperm(n, device=self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for s in range(0, n, m):
+            idx = order[s:s + m]
+            loss = self._step(self.X[idx], self.Y[idx])
+            total += loss.detach() * idx.shape[0]
+        return float(total) / n

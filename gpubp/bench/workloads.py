@@ -1,0 +1,92 @@
+"""What the benchmark times: gpubp's forward pass, training step and epoch on
+a backend, and the floor, the step's GEMMs alone through the same matmul seam."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import MLP
+from ..optim import Adam
+from ..trainer import Trainer
+
+
+def synthetic_data(config, n, seed=0):
+    """A fixed random data set that fits the config's loss (never zeros)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, config.layers[0])).astype(np.float32)
+    k = config.layers[-1]
+    if config.loss == "cross_entropy":
+        Y = rng.integers(0, k, size=n)
+    elif config.output == "sigmoid":
+        Y = rng.uniform(size=(n, k)).astype(np.float32)
+    else:
+        Y = rng.normal(size=(n, k)).astype(np.float32)
+    return X, Y
+
+
+class GpubpWorkload:
+    """An MLP with Adam on one backend, its data on the device."""
+
+    def __init__(self, config, backend, n_batches):
+        self.model = MLP(config.layers, config.activation, config.output, backend=backend,
+                         dtype="float32", seed=0)
+        self.trainer = Trainer(self.model, loss=config.loss, optimizer=Adam(1e-3),
+                               batch_size=config.batch, seed=0)
+        X, Y = synthetic_data(config, config.batch * n_batches)
+        self.X, self.dense, self.labels = self.model._device_data(X, Y, config.loss)
+        m = config.batch
+        self.xb = self.X[:m]
+        self.batch_dense = None if self.dense is None else self.dense[:m]
+        self.batch_labels = None if self.labels is None else self.labels[:m]
+        self.bufs = self.model._buffers_for(m)
+        self.loss_sum = self.model.xp.zeros((), dtype=np.float64)
+
+    def forward(self):
+        """Forward propagation of one batch to the logits."""
+        self.model._forward(self.xb, self.bufs)
+
+    def step(self):
+        """One training step: forward, loss, backward, Adam update."""
+        self.model._backprop(self.xb, self.batch_dense, self.batch_labels, self.trainer._kind,
+                             0.0, self.bufs, self.loss_sum)
+        self.trainer.optimizer.step(self.model)
+
+    def epoch(self):
+        """One epoch of Trainer.fit over the device data set: device shuffle,
+        gathers, steps, and the one read-back (validation and upload excluded)."""
+        self.trainer._train(self.X, self.dense, self.labels, None, 1, True)
+
+
+class GemmFloor:
+    """The GEMMs of a forward pass or training step alone, on random operands."""
+
+    def __init__(self, config, backend):
+        self.backend = backend
+        self.config = config
+        xp = backend.xp
+        rng = np.random.default_rng(1)
+
+        def rand(*shape):
+            return backend.asarray(rng.standard_normal(shape, dtype=np.float32))
+
+        m, sizes = config.batch, config.layers
+        self.acts = [rand(m, n) for n in sizes]                 # A(0) .. A(L)
+        self.deltas = [None] + [rand(m, n) for n in sizes[1:]]  # D(1) .. D(L)
+        self.errs = [rand(m, n) for n in sizes]
+        self.W = [rand(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.dW = [xp.empty_like(w) for w in self.W]
+
+    def forward(self):
+        mm = self.backend.matmul
+        for i, w in enumerate(self.W):
+            mm(self.acts[i], w, out=self.acts[i + 1])
+
+    def step(self):
+        mm = self.backend.matmul
+        for kind, i, _ in self.config.gemm_shapes():
+            if kind == "forward":
+                mm(self.acts[i], self.W[i], out=self.acts[i + 1])
+            elif kind == "dW":
+                mm(self.acts[i], self.deltas[i + 1], out=self.dW[i], transa=True)
+            else:
+                mm(self.deltas[i + 1], self.W[i], out=self.errs[i], transb=True)
