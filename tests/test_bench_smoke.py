@@ -1,0 +1,116 @@
+"""The benchmark suite, once at tiny sizes on the NumPy backend: every code
+path runs (table, JSON, plot, skipped peers, pytest-benchmark); nothing is measured."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpubp.__main__ import main
+from gpubp.bench import CONFIGS, Settings
+from gpubp.bench.configs import Config
+from gpubp.bench.report import fmt
+from gpubp.bench.run import plan, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(tmp_path, capsys, *extra):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    args = ["bench", "--quick", "--repeat", "2", "--json", str(out_json), *extra]
+    plotting = True
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        plotting = False
+    if plotting:
+        args += ["--plot", str(out_png)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out_json.read_text())
+    if plotting:
+        assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return printed, results
+
+
+def test_cli_runs_every_numpy_path_and_the_json_holds_every_printed_figure(tmp_path, capsys):
+    printed, results = _bench(tmp_path, capsys, "--config", "tiny", "--backend", "all")
+    timed = {(m["subject"], m["workload"]) for m in results["measurements"]}
+    assert {("gpubp-numpy", w) for w in ("forward", "step", "epoch")} <= timed
+    assert {("floor-numpy", "forward"), ("floor-numpy", "step")} <= timed
+    reported = {s for s, _ in timed} | {s["subject"] for s in results["skipped"]}
+    assert reported >= {"gpubp-numpy", "floor-numpy", "torch-cpu", "gpubp-cupy",
+                        "gpubp-cupy-unfused", "floor-cupy", "torch-cuda", "torch-cuda-graph"}
+    for m in results["measurements"]:
+        assert 0 < m["min_us"] <= m["median_us"] <= m["max_us"] and m["repeats"] >= 2
+    # Every row the table prints comes from the JSON, figure for figure.
+    rows = {m["subject"]: {} for m in results["measurements"]}
+    for m in results["measurements"]:
+        rows[m["subject"]][m["workload"]] = m
+    for subject, r in rows.items():
+        line = next(l for l in printed.splitlines() if l.strip().startswith(subject + " "))
+        step = r["step"]
+        expected = [fmt(r["forward"]["median_us"]), fmt(step["median_us"]),
+                    f"{fmt(step['min_us'])}-{fmt(step['max_us'])}",
+                    fmt(r["epoch"]["median_us"] / 1e3) if "epoch" in r else "-", fmt(step["tflops"])]
+        assert line.split()[1:] == expected
+    for name, value in results["ratios"]["tiny"]["step"].items():
+        assert re.search(rf"{name} {re.escape(fmt(value))}\b", printed)
+    assert results["meta"]["date"] and results["meta"]["numpy"] and results["meta"]["cpu_cores"]
+
+
+def test_cli_takes_a_network_of_your_own(tmp_path, capsys):
+    printed, results = _bench(tmp_path, capsys, "--layers", "10,7,3", "--batch", "5",
+                              "--output", "identity", "--activation", "relu", "--backend", "numpy",
+                              "--no-torch")
+    assert list(results["configs"]) == ["custom-10-7-3"]
+    assert results["configs"]["custom-10-7-3"]["loss"] == "mse"
+    assert any(s["subject"] == "torch-cpu" and s["reason"] == "--no-torch" for s in results["skipped"])
+
+
+def test_cli_rejects_unknown_configs(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--config", "huge"])
+    assert info.value.code == 2
+    assert "unknown --config huge" in capsys.readouterr().err
+
+
+def test_large_runs_on_the_cpu_only_when_named():
+    large = CONFIGS["large"]
+    skipped = plan(large, "numpy", Settings(quick=True))
+    assert all(len(e) == 2 and "only when asked" in e[1] for e in skipped)
+    assert any(len(e) == 5 for e in plan(large, "numpy", Settings(quick=True), explicit={"large"}))
+
+
+def test_flop_count_of_a_step():
+    c = Config("x", (3, 4, 2), 5)
+    # forward 2*5*3*4 + 2*5*4*2; dW the same; dX only for the second layer: 2*5*2*4.
+    assert c.flops("forward") == 120 + 80
+    assert c.flops("step") == 2 * (120 + 80) + 80
+
+
+def test_every_config_in_the_matrix_runs_on_numpy():
+    tiny = Config("t", (6, 5, 5, 3), 4, activation="relu", output="sigmoid", loss="mse")
+    results = run([tiny], ["numpy"], Settings(quick=True, repeat=1, use_torch=True), log=lambda s: None)
+    assert {m["workload"] for m in results["measurements"] if m["subject"] == "gpubp-numpy"} == \
+        {"forward", "step", "epoch"}
+
+
+def test_pytest_benchmark_suite_runs(tmp_path):
+    pytest.importorskip("pytest_benchmark")
+    import gpubp
+
+    # The same gpubp as this test process imports, installed or from the checkout.
+    path = os.pathsep.join([str(Path(gpubp.__file__).resolve().parents[1]),
+                            os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, GPUBP_BENCH_CONFIGS="tiny", GPUBP_BENCH_QUICK="1", PYTHONPATH=path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "benchmarks"),
+         "--benchmark-disable"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\d+ passed", result.stdout)
