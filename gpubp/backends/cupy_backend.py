@@ -148,6 +148,7 @@ class PlainCupyBackend(NumpyBackend):
     name = "cupy-unfused"
 
     def __init__(self):
+        super().__init__()
         self._gpu = CupyBackend()
         self.xp = self._gpu.xp
 

@@ -29,6 +29,18 @@ class NumpyBackend:
     name = "numpy"
     xp = np
 
+    def __init__(self):
+        self._scratch = {}
+
+    def _work(self, like, slot=0):
+        """A work array shaped like ``like``, kept from call to call, so that a
+        training step allocates nothing after its first call."""
+        key = (like.shape, like.dtype.str, slot)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = self.xp.empty(like.shape, dtype=like.dtype)
+        return buf
+
     # -- moving arrays -------------------------------------------------
     def asarray(self, a, dtype=None):
         """``a`` as a C-contiguous NumPy array (no copy when it already is one)."""
@@ -58,8 +70,10 @@ class NumpyBackend:
             xp.tanh(z, out=z)
         elif activation == "relu":
             xp.maximum(z, 0, out=z)
-        elif activation == "leaky_relu":
-            xp.multiply(z, xp.where(z > 0, 1.0, LEAKY_SLOPE).astype(z.dtype), out=z)
+        elif activation == "leaky_relu":              # max(z, 0.01 z)
+            s = self._work(z)
+            xp.multiply(z, LEAKY_SLOPE, out=s)
+            xp.maximum(z, s, out=z)
         return z
 
     def softmax(self, z, out):
@@ -89,7 +103,10 @@ class NumpyBackend:
             loss += xp.sum(lse[:, 0] - z[rows, labels], dtype=np.float64)
             delta[rows, labels] -= 1
         else:
-            loss += xp.sum(y * (lse - z), dtype=np.float64)
+            s = self._work(z)
+            xp.subtract(lse, z, out=s)
+            s *= y
+            loss += xp.sum(s, dtype=np.float64)
             delta *= y.sum(axis=1, keepdims=True)
             delta -= y
         delta *= scale
@@ -104,18 +121,25 @@ class NumpyBackend:
         each delta then times scale.
         """
         xp = self.xp
+        s = self._work(z)
         if kind == "mse_identity":
             xp.subtract(z, y, out=delta)
-            loss += 0.5 * xp.sum(xp.square(delta), dtype=np.float64)
+            loss += 0.5 * xp.sum(xp.square(delta, out=s), dtype=np.float64)
         elif kind == "mse_sigmoid":
-            s = _sigmoid(xp, z, out=xp.empty_like(z))
+            _sigmoid(xp, z, out=s)
             xp.subtract(s, y, out=delta)
             loss += 0.5 * xp.sum(xp.square(delta), dtype=np.float64)
             delta *= s
-            delta *= 1 - s
+            xp.subtract(1, s, out=s)
+            delta *= s
         elif kind == "bce_sigmoid":
-            per_element = xp.maximum(z, 0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
-            loss += xp.sum(per_element, dtype=np.float64)
+            xp.abs(z, out=s)                           # s = max(z,0) - z y + log(1 + exp(-|z|))
+            xp.negative(s, out=s)
+            xp.exp(s, out=s)
+            xp.log1p(s, out=s)
+            s += xp.maximum(z, 0, out=delta)
+            s -= xp.multiply(z, y, out=delta)
+            loss += xp.sum(s, dtype=np.float64)
             _sigmoid(xp, z, out=delta)
             delta -= y
         else:
@@ -127,17 +151,24 @@ class NumpyBackend:
     def activation_backward(self, err, a, activation, out):
         """out = err * g'(z), g' from a = g(z) (kernels/activation_backward.cu)."""
         xp = self.xp
-        if activation == "sigmoid":
-            xp.multiply(err, a * (1 - a), out=out)
-        elif activation == "tanh":
-            xp.multiply(err, 1 - a * a, out=out)
-        elif activation == "relu":
-            xp.multiply(err, a > 0, out=out)
-        elif activation == "leaky_relu":
-            xp.multiply(err, xp.where(a > 0, 1.0, LEAKY_SLOPE).astype(a.dtype), out=out)
-        elif out is not err:
-            xp.copyto(out, err)
-        return out
+        if activation == "identity":
+            if out is not err:
+                xp.copyto(out, err)
+            return out
+        s = self._work(a)                              # s = g'(z) from a
+        if activation == "sigmoid":                    # a (1 - a)
+            xp.subtract(1, a, out=s)
+            s *= a
+        elif activation == "tanh":                     # 1 - a^2
+            xp.multiply(a, a, out=s)
+            xp.subtract(1, s, out=s)
+        elif activation == "relu":                     # [a > 0]
+            xp.greater(a, 0, out=s)
+        elif activation == "leaky_relu":               # 1 if a > 0 else 0.01
+            xp.greater(a, 0, out=s)
+            s *= 1 - LEAKY_SLOPE
+            s += LEAKY_SLOPE
+        return xp.multiply(err, s, out=out)
 
     def bias_grad(self, delta, out):
         """out[j] = sum_i delta[i, j] (kernels/bias_grad.cu)."""
@@ -146,28 +177,42 @@ class NumpyBackend:
     def l2_penalty(self, w, g, loss, l2, m):
         """g += (l2 / m) w; loss += (l2 / 2) sum w^2 (kernels/l2_penalty.cu)."""
         loss += 0.5 * l2 * self.xp.dot(w, w)
-        g += w * w.dtype.type(l2 / m)
+        s = self._work(w)
+        self.xp.multiply(w, w.dtype.type(l2 / m), out=s)
+        g += s
 
     # -- optimizers ------------------------------------------------------------
     def sgd(self, p, g, buf, lr, momentum, nesterov):
         """PyTorch's SGD over the flat buffer (kernels/sgd.cu)."""
-        t = p.dtype.type
+        xp, t, s = self.xp, p.dtype.type, self._work(p)
         if momentum == 0.0:
-            p -= t(lr) * g
-            return
-        buf *= t(momentum)
-        buf += g
-        if nesterov:
-            p -= t(lr) * (g + t(momentum) * buf)
+            xp.multiply(g, t(lr), out=s)               # p -= lr g
         else:
-            p -= t(lr) * buf
+            buf *= t(momentum)                         # buf = momentum buf + g
+            buf += g
+            if nesterov:                               # p -= lr (g + momentum buf)
+                xp.multiply(buf, t(momentum), out=s)
+                s += g
+                s *= t(lr)
+            else:                                      # p -= lr buf
+                xp.multiply(buf, t(lr), out=s)
+        p -= s
 
     def adam(self, p, g, m, v, decay, beta1, beta2, step_size, bc2_sqrt, eps):
         """PyTorch's Adam/AdamW over the flat buffer (kernels/adam.cu)."""
-        t = p.dtype.type
-        m += (t(1) - t(beta1)) * (g - m)
-        v *= t(beta2)
-        v += (t(1) - t(beta2)) * g * g
-        if decay != 1.0:
+        xp, t, s = self.xp, p.dtype.type, self._work(p)
+        xp.subtract(g, m, out=s)                       # m += (1 - beta1) (g - m)
+        s *= t(1) - t(beta1)
+        m += s
+        v *= t(beta2)                                  # v = beta2 v + (1 - beta2) g^2
+        xp.multiply(g, g, out=s)
+        s *= t(1) - t(beta2)
+        v += s
+        if decay != 1.0:                               # AdamW: p *= 1 - lr weight_decay
             p *= t(decay)
-        p -= t(step_size) * m / (self.xp.sqrt(v) / t(bc2_sqrt) + t(eps))
+        xp.sqrt(v, out=s)                              # p -= step_size m / (sqrt(v) / bc2_sqrt + eps)
+        s /= t(bc2_sqrt)
+        s += t(eps)
+        xp.divide(m, s, out=s)
+        s *= t(step_size)
+        p -= s
