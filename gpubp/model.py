@@ -205,7 +205,8 @@ class MLP:
         total = bufs.loss
         if l2:
             w = self.params[: self.n_weights]
-            total = total + 0.5 * l2 * xp.vdot(w, w).astype(np.float64)
+            w64 = w.astype(np.float64)                 # accumulate in double, as the kernel does
+            total = total + 0.5 * l2 * xp.dot(w64, w64)
         correct = None
         if self.output == "softmax":
             truth = labels if labels is not None else xp.argmax(dense, axis=1)

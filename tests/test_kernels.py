@@ -184,6 +184,17 @@ def test_bias_grad(both, rng, dtype, shape):
 
 
 @requires_cupy
+def test_bias_grad_repeats_bit_for_bit(both, rng):
+    """No atomics: the same delta gives the same bits, however many block rows."""
+    cpb, _ = both
+    delta = cpb.asarray(rng.normal(size=(262144, 64)).astype(np.float32))
+    first = cpb.to_numpy(cpb.bias_grad(delta, out=cpb.xp.empty(64, dtype=np.float32)))
+    for _ in range(3):
+        again = cpb.to_numpy(cpb.bias_grad(delta, out=cpb.xp.empty(64, dtype=np.float32)))
+        np.testing.assert_array_equal(again, first)
+
+
+@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_l2_penalty(both, rng, dtype):
     cpb, npb = both

@@ -101,6 +101,18 @@ def test_training_is_reproducible_and_seeded(backend, rng):
     assert not np.array_equal(train(0), train(1))
 
 
+@requires_cupy
+def test_gpu_training_repeats_bit_for_bit_with_large_batches(rng):
+    X, y = rng.normal(size=(1200, 20)), rng.integers(0, 5, size=1200)
+
+    def train():
+        model = gpubp.MLP([20, 64, 5], backend="cupy", seed=0)
+        gpubp.Trainer(model, batch_size=600, l2=0.01).fit(X, y, epochs=3)
+        return model.backend.to_numpy(model.params)
+
+    np.testing.assert_array_equal(train(), train())
+
+
 def test_fit_again_continues_with_new_shuffles(rng):
     X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, size=30)
     a = gpubp.MLP([4, 3, 2], backend="numpy", dtype="float64")

@@ -30,6 +30,7 @@ class CupyBackend:
         # Stand-ins for pointer arguments a kernel variant never reads.
         self._unused_labels = cupy.zeros(1, dtype=np.int32)
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
+        self._partials = {}
 
     # -- moving arrays -----------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -103,14 +104,26 @@ class CupyBackend:
 
     def bias_grad(self, delta, out):
         rows, cols = delta.shape
+        t = self._t(delta.dtype)
         grid_x = (cols + 31) // 32
-        # About 256 rows per block, enough blocks to fill the chip on tall inputs.
+        # About 256 rows per block row, enough blocks to fill the chip on tall inputs.
         grid_y = max(1, min((rows + 255) // 256, max(1, self._max_blocks // grid_x)))
+        partial = out if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
+        kernels.function("bias_grad", f"bias_grad_partial<{t}>")(
+            (grid_x, grid_y), (32, 8), (delta, partial, np.int32(rows), np.int32(cols)))
         if grid_y > 1:
-            out.fill(0)
-        fn = kernels.function("bias_grad", f"bias_grad<{self._t(delta.dtype)}>")
-        fn((grid_x, grid_y), (32, 8), (delta, out, np.int32(rows), np.int32(cols)))
+            kernels.function("bias_grad", f"bias_grad_finish<{t}>")(
+                ((cols + _THREADS - 1) // _THREADS,), (_THREADS,),
+                (partial, out, np.int32(grid_y), np.int32(cols)))
         return out
+
+    def _partial(self, n, cols, dtype):
+        """The per-block-row sums of bias_grad, kept per shape (no allocation in a step)."""
+        key = (n, cols, np.dtype(dtype).str)
+        buf = self._partials.get(key)
+        if buf is None:
+            buf = self._partials[key] = self.xp.empty((n, cols), dtype=dtype)
+        return buf
 
     def l2_penalty(self, w, g, loss, l2, m):
         t = w.dtype.type
