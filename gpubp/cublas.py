@@ -1,0 +1,123 @@
+"""Matrix products through the cuBLAS C API on CuPy arrays, capturable in a CUDA graph.
+
+CuPy refuses every cuBLAS call while a stream is capturing (its ``setStream``
+raises ``NotImplementedError``). This module calls cuBLAS itself: a handle of
+its own bound to the current stream, a preallocated workspace (so that cuBLAS
+allocates nothing while capturing), and ``cublasGemmEx`` on the arrays' device
+pointers. libcublas is found by ``cuda-pathfinder``, the locator CuPy itself
+depends on. Row-major ``C = op(A) op(B)`` is computed as the column-major
+``C^T = op(B)^T op(A)^T``, so no operand is copied or transposed.
+
+Not yet the backend's default matmul: it waits for its first run on a GPU
+(``tests/test_cublas.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+
+# cublas_api.h and library_types.h
+STATUS_SUCCESS = 0
+OP_N, OP_T = 0, 1
+CUDA_R_32F, CUDA_R_64F = 0, 1
+COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
+GEMM_DEFAULT = -1
+# cuBLAS asks for 32 MiB of workspace on Hopper.
+WORKSPACE_BYTES = 32 << 20
+
+# (array dtype, precision) -> (cudaDataType, cublasComputeType_t, ctypes scalar)
+_MODES = {
+    ("float32", "float32"): (CUDA_R_32F, COMPUTE_32F, ctypes.c_float),
+    ("float32", "tf32"): (CUDA_R_32F, COMPUTE_32F_FAST_TF32, ctypes.c_float),
+    ("float64", "float32"): (CUDA_R_64F, COMPUTE_64F, ctypes.c_double),
+}
+PRECISIONS = ("float32", "tf32")
+
+
+class CublasError(RuntimeError):
+    """A cuBLAS call failed; the message names the call and cuBLAS's reason."""
+
+
+@functools.lru_cache(maxsize=None)
+def library():
+    """libcublas, loaded once, with the signatures this module calls."""
+    from cuda.pathfinder import load_nvidia_dynamic_lib
+
+    lib = ctypes.CDLL(load_nvidia_dynamic_lib("cublas").abs_path)
+    vp, i = ctypes.c_void_p, ctypes.c_int
+    lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
+    lib.cublasDestroy_v2.argtypes = [vp]
+    lib.cublasSetStream_v2.argtypes = [vp, vp]
+    lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
+    lib.cublasGetStatusString.argtypes = [i]
+    lib.cublasGetStatusString.restype = ctypes.c_char_p
+    lib.cublasGemmEx.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
+    for name in ("cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2",
+                 "cublasSetWorkspace_v2", "cublasGemmEx"):
+        getattr(lib, name).restype = i
+    return lib
+
+
+def _check(status, call):
+    if status != STATUS_SUCCESS:
+        reason = library().cublasGetStatusString(status).decode()
+        raise CublasError(f"{call} failed with cuBLAS status {status}: {reason}")
+
+
+class Gemm:
+    """``gemm(a, b, out, transa=False, transb=False, precision="float32")``
+    writes ``op(a) @ op(b)`` into ``out`` on the current CuPy stream.
+
+    a, b and out are C-contiguous CuPy arrays of one dtype (float32, or float64
+    with precision "float32"); "tf32" runs float32 products on the tensor cores
+    in TF32 with float32 accumulation.
+    """
+
+    def __init__(self, workspace_bytes=WORKSPACE_BYTES):
+        lib = library()
+        handle = ctypes.c_void_p()
+        _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+        self._lib, self._handle = lib, handle
+        import cupy
+
+        self._cupy = cupy
+        self._workspace = cupy.empty(workspace_bytes, dtype=np.uint8)
+        _check(lib.cublasSetWorkspace_v2(handle, self._workspace.data.ptr, workspace_bytes),
+               "cublasSetWorkspace")
+        self._stream = None
+        self._scalars = {t: (t(1.0), t(0.0)) for t in (ctypes.c_float, ctypes.c_double)}
+
+    def __call__(self, a, b, out, transa=False, transb=False, precision="float32"):
+        mode = _MODES.get((out.dtype.name, precision))
+        if mode is None:
+            raise ValueError(f"no GEMM for dtype {out.dtype} with precision {precision!r}")
+        if not (a.dtype == b.dtype == out.dtype):
+            raise TypeError(f"gemm operands must share a dtype; got {a.dtype}, {b.dtype}, {out.dtype}")
+        for name, x in (("a", a), ("b", b), ("out", out)):
+            if x.ndim != 2 or not x.flags.c_contiguous:
+                raise ValueError(f"gemm operand {name} must be a C-contiguous matrix")
+        M, N = out.shape
+        K = a.shape[0] if transa else a.shape[1]
+        if (a.shape[1] if transa else a.shape[0]) != M or (b.shape[1] if transb else b.shape[0]) != K \
+                or (b.shape[0] if transb else b.shape[1]) != N:
+            raise ValueError(f"gemm shapes do not chain: {a.shape}{'T' if transa else ''} @ "
+                             f"{b.shape}{'T' if transb else ''} -> {out.shape}")
+        stream = self._cupy.cuda.get_current_stream().ptr
+        if stream != self._stream:
+            _check(self._lib.cublasSetStream_v2(self._handle, stream), "cublasSetStream")
+            self._stream = stream
+        dtype, compute, scalar = mode
+        one, zero = self._scalars[scalar]
+        _check(self._lib.cublasGemmEx(
+            self._handle, OP_T if transb else OP_N, OP_T if transa else OP_N, N, M, K,
+            ctypes.byref(one), b.data.ptr, dtype, b.shape[1], a.data.ptr, dtype, a.shape[1],
+            ctypes.byref(zero), out.data.ptr, dtype, N, compute, GEMM_DEFAULT), "cublasGemmEx")
+        return out
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle is not None and handle.value:
+            self._lib.cublasDestroy_v2(handle)
