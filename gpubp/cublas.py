@@ -2,9 +2,10 @@
 
 CuPy refuses every cuBLAS call while a stream is capturing (its ``setStream``
 raises ``NotImplementedError``). This module calls cuBLAS itself: a handle of
-its own bound to the current stream, a preallocated workspace (so that cuBLAS
-allocates nothing while capturing), and ``cublasGemmEx`` on the arrays' device
-pointers. libcublas is found by ``cuda-pathfinder``, the locator CuPy itself
+its own bound to the current stream, a preallocated workspace per stream (so
+that cuBLAS allocates nothing while capturing; ``cublasSetStream`` resets the
+workspace, so it is set again after every stream change, as PyTorch does), and
+``cublasGemmEx`` on the arrays' device pointers. libcublas is found by ``cuda-pathfinder``, the locator CuPy itself
 depends on. Row-major ``C = op(A) op(B)`` is computed as the column-major
 ``C^T = op(B)^T op(A)^T``, so no operand is copied or transposed.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import sys
 
 import numpy as np
 
@@ -84,13 +86,23 @@ class Gemm:
         import cupy
 
         self._cupy = cupy
-        self._workspace = cupy.empty(workspace_bytes, dtype=np.uint8)
-        _check(lib.cublasSetWorkspace_v2(handle, self._workspace.data.ptr, workspace_bytes),
-               "cublasSetWorkspace")
-        self._stream = None
+        self._workspace_bytes = workspace_bytes
+        self._workspaces = {}   # stream pointer -> workspace; graphs captured with
+        self._stream = None     # this Gemm hold these pointers: keep it alive with them
         self._scalars = {t: (t(1.0), t(0.0)) for t in (ctypes.c_float, ctypes.c_double)}
 
+    def _bind(self, stream):
+        _check(self._lib.cublasSetStream_v2(self._handle, stream), "cublasSetStream")
+        ws = self._workspaces.get(stream)
+        if ws is None:
+            ws = self._workspaces[stream] = self._cupy.empty(self._workspace_bytes, dtype=np.uint8)
+        _check(self._lib.cublasSetWorkspace_v2(self._handle, ws.data.ptr, self._workspace_bytes),
+               "cublasSetWorkspace")
+        self._stream = stream
+
     def __call__(self, a, b, out, transa=False, transb=False, precision="float32"):
+        if self._handle is None:
+            raise RuntimeError("this Gemm is closed")
         mode = _MODES.get((out.dtype.name, precision))
         if mode is None:
             raise ValueError(f"no GEMM for dtype {out.dtype} with precision {precision!r}")
@@ -105,10 +117,16 @@ class Gemm:
                 or (b.shape[0] if transb else b.shape[1]) != N:
             raise ValueError(f"gemm shapes do not chain: {a.shape}{'T' if transa else ''} @ "
                              f"{b.shape}{'T' if transb else ''} -> {out.shape}")
+        if max(M, N, K) >= 2**31:
+            raise ValueError(f"gemm dimensions must be below 2**31; got M={M}, N={N}, K={K}")
+        if M == 0 or N == 0:
+            return out
+        if K == 0:
+            out.fill(0)
+            return out
         stream = self._cupy.cuda.get_current_stream().ptr
         if stream != self._stream:
-            _check(self._lib.cublasSetStream_v2(self._handle, stream), "cublasSetStream")
-            self._stream = stream
+            self._bind(stream)
         dtype, compute, scalar = mode
         one, zero = self._scalars[scalar]
         _check(self._lib.cublasGemmEx(
@@ -117,7 +135,21 @@ class Gemm:
             ctypes.byref(zero), out.data.ptr, dtype, N, compute, GEMM_DEFAULT), "cublasGemmEx")
         return out
 
-    def __del__(self):
-        handle = getattr(self, "_handle", None)
+    def close(self):
+        """Destroy the handle (it synchronises the device: never while capturing)."""
+        handle, self._handle = getattr(self, "_handle", None), None
         if handle is not None and handle.value:
-            self._lib.cublasDestroy_v2(handle)
+            _check(self._lib.cublasDestroy_v2(handle), "cublasDestroy")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if not sys.is_finalizing():
+            try:
+                self.close()
+            except Exception:
+                pass

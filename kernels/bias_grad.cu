@@ -7,7 +7,9 @@
 //     reads 128 contiguous bytes of a row; its 8 row lanes stride down the rows
 //     of the block's share and are summed in shared memory in a fixed order.
 //     Block row y writes partial[y, j]. With one block row, partial is db itself.
-//   bias_grad_finish: db[j] = sum_y partial[y, j], in order of y.
+//   bias_grad_finish: db[j] = sum_y partial[y, j]: a (32, 32) block covers 32
+//     columns; lane l sums the rows y = l, l + 32, ... in order, then the 32
+//     lane sums are added in order of l.
 // Tall matrices (e.g. 262144 x 64) need many block rows to fill the chip;
 // x.sum(axis=0) is slow there.
 // NumPy reference: NumpyBackend.bias_grad.
@@ -37,10 +39,17 @@ __global__ void bias_grad_partial(const T* __restrict__ delta, T* __restrict__ p
 template <typename T>
 __global__ void bias_grad_finish(const T* __restrict__ partial, T* __restrict__ db,
                                  int n_partial, int cols) {
-    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    __shared__ T lanes[32][33];
+    const int col = blockIdx.x * 32 + threadIdx.x;
+    T acc = T(0);
     if (col < cols) {
+        for (int y = threadIdx.y; y < n_partial; y += 32) acc += partial[(long long)y * cols + col];
+    }
+    lanes[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < cols) {
         T total = T(0);
-        for (int y = 0; y < n_partial; ++y) total += partial[(long long)y * cols + col];
+        for (int l = 0; l < 32; ++l) total += lanes[l][threadIdx.x];
         db[col] = total;
     }
 }

@@ -56,21 +56,37 @@ def test_gemm_captures_into_a_cuda_graph_and_replays(rng):
     import cupy
 
     gemm = cublas.Gemm()
-    a = cupy.asarray(rng.normal(size=(64, 48)).astype(np.float32))
-    b = cupy.asarray(rng.normal(size=(48, 40)).astype(np.float32))
-    out = cupy.empty((64, 40), dtype=np.float32)
     stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
+    with stream:                                         # every array op on the capture stream
+        a = cupy.asarray(rng.normal(size=(64, 48)).astype(np.float32))
+        b = cupy.asarray(rng.normal(size=(48, 40)).astype(np.float32))
+        out = cupy.empty((64, 40), dtype=np.float32)
         gemm(a, b, out)                                  # warm-up outside the capture
         stream.begin_capture()
         gemm(a, b, out)
         graph = stream.end_capture()
-    for _ in range(3):
-        a[...] = cupy.asarray(rng.normal(size=a.shape).astype(np.float32))
-        out.fill(np.nan)
-        graph.launch(stream=stream)
-        stream.synchronize()
-        assert max_rel_error(cupy.asnumpy(out), cupy.asnumpy(a) @ cupy.asnumpy(b)) < 1e-5
+        for _ in range(3):
+            a[...] = cupy.asarray(rng.normal(size=a.shape).astype(np.float32))
+            out.fill(np.nan)
+            graph.launch()
+            stream.synchronize()
+            assert max_rel_error(cupy.asnumpy(out), cupy.asnumpy(a) @ cupy.asnumpy(b)) < 1e-5
+
+
+@requires_cupy
+def test_gemm_on_two_streams_and_after_close(rng):
+    import cupy
+
+    with cublas.Gemm() as gemm:
+        a = cupy.asarray(rng.normal(size=(8, 5)).astype(np.float32))
+        b = cupy.asarray(rng.normal(size=(5, 3)).astype(np.float32))
+        expected = cupy.asnumpy(a) @ cupy.asnumpy(b)
+        for stream in (cupy.cuda.Stream(), cupy.cuda.Stream.null, cupy.cuda.Stream()):
+            with stream:
+                out = gemm(a, b, cupy.empty((8, 3), dtype=np.float32))
+                assert max_rel_error(cupy.asnumpy(out), expected) < 1e-5
+    with pytest.raises(RuntimeError, match="closed"):
+        gemm(a, b, cupy.empty((8, 3), dtype=np.float32))
 
 
 @requires_cupy

@@ -8,10 +8,12 @@ Scalars passed to raw kernels are NumPy scalars of the kernel's C types
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .. import kernels
-from .numpy_backend import NumpyBackend
+from .numpy_backend import NumpyBackend, _thread_dict
 
 _THREADS = 256
 _C_TYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -26,11 +28,12 @@ class CupyBackend:
         self.xp = cupy
         self._cupy = cupy
         device = cupy.cuda.Device()
-        self._max_blocks = 32 * device.attributes["MultiProcessorCount"]
+        self._sms = device.attributes["MultiProcessorCount"]
+        self._max_blocks = 32 * self._sms
         # Stand-ins for pointer arguments a kernel variant never reads.
         self._unused_labels = cupy.zeros(1, dtype=np.int32)
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
-        self._partials = {}
+        self._local = threading.local()
 
     # -- moving arrays -----------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -106,23 +109,24 @@ class CupyBackend:
         rows, cols = delta.shape
         t = self._t(delta.dtype)
         grid_x = (cols + 31) // 32
-        # About 256 rows per block row, enough blocks to fill the chip on tall inputs.
-        grid_y = max(1, min((rows + 255) // 256, max(1, self._max_blocks // grid_x)))
+        # Block rows of about 256 rows each, up to some 4 blocks per SM in all.
+        grid_y = max(1, min((rows + 255) // 256, (4 * self._sms) // grid_x))
         partial = out if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
         kernels.function("bias_grad", f"bias_grad_partial<{t}>")(
             (grid_x, grid_y), (32, 8), (delta, partial, np.int32(rows), np.int32(cols)))
         if grid_y > 1:
             kernels.function("bias_grad", f"bias_grad_finish<{t}>")(
-                ((cols + _THREADS - 1) // _THREADS,), (_THREADS,),
-                (partial, out, np.int32(grid_y), np.int32(cols)))
+                (grid_x,), (32, 32), (partial, out, np.int32(grid_y), np.int32(cols)))
         return out
 
     def _partial(self, n, cols, dtype):
-        """The per-block-row sums of bias_grad, kept per shape (no allocation in a step)."""
+        """The per-block-row sums of bias_grad, kept per shape and thread (no
+        allocation inside a step)."""
+        partials = _thread_dict(self._local, "partials")
         key = (n, cols, np.dtype(dtype).str)
-        buf = self._partials.get(key)
+        buf = partials.get(key)
         if buf is None:
-            buf = self._partials[key] = self.xp.empty((n, cols), dtype=dtype)
+            buf = partials[key] = self.xp.empty((n, cols), dtype=dtype)
         return buf
 
     def l2_penalty(self, w, g, loss, l2, m):

@@ -10,9 +10,21 @@ tests hold the two to each other.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 LEAKY_SLOPE = 0.01
+_MAX_WORK_ARRAYS = 32
+
+
+def _thread_dict(local, name):
+    """A dict kept on a threading.local: work arrays are never shared between threads."""
+    d = getattr(local, name, None)
+    if d is None:
+        d = {}
+        setattr(local, name, d)
+    return d
 
 
 def _sigmoid(xp, x, out):
@@ -30,15 +42,19 @@ class NumpyBackend:
     xp = np
 
     def __init__(self):
-        self._scratch = {}
+        self._local = threading.local()
 
     def _work(self, like, slot=0):
-        """A work array shaped like ``like``, kept from call to call, so that a
-        training step allocates nothing after its first call."""
+        """A work array shaped like ``like``, kept from call to call (per thread,
+        a few dozen shapes at most), so that a training step allocates nothing
+        after its first call."""
+        scratch = _thread_dict(self._local, "scratch")
         key = (like.shape, like.dtype.str, slot)
-        buf = self._scratch.get(key)
+        buf = scratch.get(key)
         if buf is None:
-            buf = self._scratch[key] = self.xp.empty(like.shape, dtype=like.dtype)
+            if len(scratch) >= _MAX_WORK_ARRAYS:      # e.g. many evaluation sizes
+                scratch.clear()
+            buf = scratch[key] = self.xp.empty(like.shape, dtype=like.dtype)
         return buf
 
     # -- moving arrays -------------------------------------------------
@@ -128,7 +144,7 @@ class NumpyBackend:
         elif kind == "mse_sigmoid":
             _sigmoid(xp, z, out=s)
             xp.subtract(s, y, out=delta)
-            loss += 0.5 * xp.sum(xp.square(delta), dtype=np.float64)
+            loss += 0.5 * xp.sum(xp.square(delta, out=self._work(z, slot=1)), dtype=np.float64)
             delta *= s
             xp.subtract(1, s, out=s)
             delta *= s
