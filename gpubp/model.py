@@ -10,6 +10,7 @@ import numpy as np
 from . import _validation as v
 from .backends import get_backend
 from .losses import OUTPUTS, resolve_loss
+from .precision import PRECISIONS
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
 DTYPES = ("float32", "float64")
@@ -42,14 +43,21 @@ class MLP:
     of shape ``(n_in, n_out)`` and b of shape ``(n_out,)`` is a view into it), and
     their gradients likewise in ``grads``, so an optimizer updates every parameter
     in one launch.
+
+    ``precision`` sets the matrix products: "float32" (exact), "tf32" (tensor-core
+    TF32 operands, fp32 accumulation) or "bf16" (bfloat16 operands, fp32
+    accumulation, fp32 master weights); see :mod:`gpubp.precision`.
     """
 
     def __init__(self, layer_sizes, activation="sigmoid", output="softmax", backend="auto",
-                 dtype="float32", seed=0):
+                 dtype="float32", seed=0, precision="float32"):
         sizes = _check_layer_sizes(layer_sizes)
         v.check_choice("activation", activation, ACTIVATIONS)
         v.check_choice("output", output, OUTPUTS)
         dtype = _check_dtype(dtype)
+        v.check_choice("precision", precision, PRECISIONS)
+        if precision != "float32" and dtype != np.float32:
+            raise ValueError(f"precision {precision!r} needs dtype float32 (fp32 storage); got {dtype.name}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         self.backend = get_backend(backend)
@@ -58,6 +66,7 @@ class MLP:
         self.activation = activation
         self.output = output
         self.dtype = dtype
+        self.precision = precision
 
         shapes = list(zip(sizes[:-1], sizes[1:]))
         self.n_weights = sum(i * o for i, o in shapes)
@@ -159,7 +168,7 @@ class MLP:
         a = X
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
             z = bufs.acts[layer + 1]
-            self.backend.matmul(a, w, out=z)
+            self.backend.matmul(a, w, out=z, precision=self.precision)
             act = self.activation if layer < self.n_layers - 1 else last
             self.backend.bias_activation(z, b, act)
             a = z
@@ -183,11 +192,13 @@ class MLP:
         self._output_delta(logits, dense, labels, kind, delta, loss_acc, 1.0 / m)
         for layer in reversed(range(self.n_layers)):
             a_prev = X if layer == 0 else bufs.acts[layer]
-            self.backend.matmul(a_prev, delta, out=self.grad_weights[layer], transa=True)
+            self.backend.matmul(a_prev, delta, out=self.grad_weights[layer], transa=True,
+                                precision=self.precision)
             self.backend.bias_grad(delta, out=self.grad_biases[layer])
             if layer > 0:
                 err = bufs.deltas[layer]
-                self.backend.matmul(delta, self.weights[layer], out=err, transb=True)
+                self.backend.matmul(delta, self.weights[layer], out=err, transb=True,
+                                    precision=self.precision)
                 self.backend.activation_backward(err, a_prev, self.activation, out=err)
                 delta = err
         if l2:
@@ -264,8 +275,9 @@ class MLP:
         return result
 
     def __repr__(self):
+        extra = "" if self.precision == "float32" else f", precision={self.precision!r}"
         return (f"MLP({self.layer_sizes}, activation={self.activation!r}, output={self.output!r}, "
-                f"backend={self.backend.name!r}, dtype={self.dtype.name!r})")
+                f"backend={self.backend.name!r}, dtype={self.dtype.name!r}{extra})")
 
 
 def _host_copy(backend, a):

@@ -8,12 +8,10 @@ Scalars passed to raw kernels are NumPy scalars of the kernel's C types
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from .. import kernels
-from .numpy_backend import NumpyBackend, _thread_dict
+from .numpy_backend import NumpyBackend, WorkArrays, round_operands
 
 _THREADS = 256
 _C_TYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -33,7 +31,8 @@ class CupyBackend:
         # Stand-ins for pointer arguments a kernel variant never reads.
         self._unused_labels = cupy.zeros(1, dtype=np.int32)
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
-        self._local = threading.local()
+        self._work = WorkArrays(cupy)
+        self._gemm = None
 
     # -- moving arrays -----------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -47,8 +46,19 @@ class CupyBackend:
         self._cupy.cuda.get_current_stream().synchronize()
 
     # -- the one seam for matrix products ----------------------------------
-    def matmul(self, a, b, out, transa=False, transb=False):
-        """out = op(a) @ op(b) through cuBLAS, op a transpose where asked."""
+    def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
+        """out = op(a) @ op(b) through cuBLAS, op a transpose where asked.
+
+        float32 and bf16 (operands rounded first, fp32 products) go through
+        cupy.matmul; tf32 through gpubp.cublas, on the tensor cores.
+        """
+        if precision == "tf32":
+            if self._gemm is None:
+                from ..cublas import Gemm
+
+                self._gemm = Gemm()
+            return self._gemm(a, b, out, transa=transa, transb=transb, precision="tf32")
+        a, b = round_operands(self.xp, self._work, a, b, precision)
         return self._cupy.matmul(a.T if transa else a, b.T if transb else b, out=out)
 
     # -- helpers ---------------------------------------------------------------
@@ -120,14 +130,8 @@ class CupyBackend:
         return out
 
     def _partial(self, n, cols, dtype):
-        """The per-block-row sums of bias_grad, kept per shape and thread (no
-        allocation inside a step)."""
-        partials = _thread_dict(self._local, "partials")
-        key = (n, cols, np.dtype(dtype).str)
-        buf = partials.get(key)
-        if buf is None:
-            buf = partials[key] = self.xp.empty((n, cols), dtype=dtype)
-        return buf
+        """The per-block-row sums of bias_grad (a work array: no allocation in a step)."""
+        return self._work.empty((n, cols), dtype, "bias_grad")
 
     def l2_penalty(self, w, g, loss, l2, m):
         t = w.dtype.type
@@ -165,9 +169,9 @@ class PlainCupyBackend(NumpyBackend):
     name = "cupy-unfused"
 
     def __init__(self):
-        super().__init__()
         self._gpu = CupyBackend()
         self.xp = self._gpu.xp
+        super().__init__()                            # work arrays on the GPU
 
     def asarray(self, a, dtype=None):
         return self._gpu.asarray(a, dtype=dtype)
@@ -178,5 +182,5 @@ class PlainCupyBackend(NumpyBackend):
     def synchronize(self):
         self._gpu.synchronize()
 
-    def matmul(self, a, b, out, transa=False, transb=False):
-        return self._gpu.matmul(a, b, out, transa=transa, transb=transb)
+    def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
+        return self._gpu.matmul(a, b, out, transa=transa, transb=transb, precision=precision)

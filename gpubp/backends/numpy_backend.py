@@ -14,17 +14,47 @@ import threading
 
 import numpy as np
 
+from ..precision import round_to
+
 LEAKY_SLOPE = 0.01
-_MAX_WORK_ARRAYS = 32
 
 
-def _thread_dict(local, name):
-    """A dict kept on a threading.local: work arrays are never shared between threads."""
-    d = getattr(local, name, None)
-    if d is None:
-        d = {}
-        setattr(local, name, d)
-    return d
+class WorkArrays:
+    """Work arrays kept from call to call, by shape, dtype and slot, so that a
+    training step allocates nothing after its first call. Per thread (never
+    shared between two trainings) and bounded (many evaluation sizes would
+    otherwise pile up)."""
+
+    LIMIT = 32
+
+    def __init__(self, xp):
+        self.xp = xp
+        self._local = threading.local()
+
+    def __call__(self, like, slot=0):
+        """A work array of ``like``'s shape and dtype."""
+        return self.empty(like.shape, like.dtype, slot)
+
+    def empty(self, shape, dtype, slot=0):
+        arrays = getattr(self._local, "arrays", None)
+        if arrays is None:
+            arrays = self._local.arrays = {}
+        key = (tuple(shape), np.dtype(dtype).str, slot)
+        buf = arrays.get(key)
+        if buf is None:
+            if len(arrays) >= self.LIMIT:
+                arrays.clear()
+            buf = arrays[key] = self.xp.empty(shape, dtype=dtype)
+        return buf
+
+
+def round_operands(xp, work, a, b, precision):
+    """a and b rounded to a GEMM precision mode (tf32, bf16) in work arrays;
+    unchanged for float32."""
+    if precision == "float32":
+        return a, b
+    return (round_to(xp, a, precision, work(a, "gemm_a")),
+            round_to(xp, b, precision, work(b, "gemm_b")))
 
 
 def _sigmoid(xp, x, out):
@@ -42,20 +72,7 @@ class NumpyBackend:
     xp = np
 
     def __init__(self):
-        self._local = threading.local()
-
-    def _work(self, like, slot=0):
-        """A work array shaped like ``like``, kept from call to call (per thread,
-        a few dozen shapes at most), so that a training step allocates nothing
-        after its first call."""
-        scratch = _thread_dict(self._local, "scratch")
-        key = (like.shape, like.dtype.str, slot)
-        buf = scratch.get(key)
-        if buf is None:
-            if len(scratch) >= _MAX_WORK_ARRAYS:      # e.g. many evaluation sizes
-                scratch.clear()
-            buf = scratch[key] = self.xp.empty(like.shape, dtype=like.dtype)
-        return buf
+        self._work = WorkArrays(self.xp)
 
     # -- moving arrays -------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -71,9 +88,11 @@ class NumpyBackend:
         pass
 
     # -- the one seam for matrix products ------------------------------
-    def matmul(self, a, b, out, transa=False, transb=False):
-        """out = op(a) @ op(b), op a transpose where asked."""
-        return np.matmul(a.T if transa else a, b.T if transb else b, out=out)
+    def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
+        """out = op(a) @ op(b), op a transpose where asked; with precision tf32 or
+        bf16 the operands are first rounded to it (gpubp/precision.py)."""
+        a, b = round_operands(self.xp, self._work, a, b, precision)
+        return self.xp.matmul(a.T if transa else a, b.T if transb else b, out=out)
 
     # -- forward ------------------------------------------------------------
     def bias_activation(self, z, b, activation):
