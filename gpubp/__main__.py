@@ -33,6 +33,8 @@ def main(argv=None):
     bench.add_argument("--quick", action="store_true", help="few repetitions, a small epoch")
     bench.add_argument("--repeat", type=int, help="timed repetitions per figure (default 30, quick 5)")
     bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    bench.add_argument("--precision", default="float32", choices=["float32", "tf32", "bf16"],
+                       help="precision of the matrix products (gpubp, the floor and PyTorch)")
     bench.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of step times (needs matplotlib)")
 
@@ -76,7 +78,8 @@ def _bench(parser, args):
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     backends = ["numpy", "cupy"] if args.backend == "all" else [args.backend]
-    settings = Settings(quick=args.quick, repeat=args.repeat, use_torch=not args.no_torch)
+    settings = Settings(quick=args.quick, repeat=args.repeat, use_torch=not args.no_torch,
+                        precision=args.precision)
     explicit = set(args.config or []) | {c.name for c in configs if c.name.startswith("custom-")}
     results = run(configs, backends, settings, explicit=explicit,
                   log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -114,3 +114,12 @@ def test_pytest_benchmark_suite_runs(tmp_path):
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\d+ passed", result.stdout)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_cli_runs_the_precision_modes(tmp_path, capsys, precision):
+    printed, results = _bench(tmp_path, capsys, "--config", "tiny", "--backend", "numpy",
+                              "--precision", precision, "--no-torch")
+    assert results["settings"]["precision"] == precision
+    assert f"{precision} products" in printed
+    assert {m["subject"] for m in results["measurements"]} == {"gpubp-numpy", "floor-numpy"}

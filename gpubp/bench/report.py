@@ -23,10 +23,11 @@ def fmt(x):
     return f"{x:.2g}"
 
 
-def describe(cfg):
+def describe(cfg, precision="float32"):
     layers = "-".join(str(n) for n in cfg["layers"])
+    products = "" if precision == "float32" else f", {precision} products"
     return (f"{layers}, batch {cfg['batch']}, {cfg['activation']}, {cfg['output']} + "
-            f"{cfg['loss']}, Adam, float32")
+            f"{cfg['loss']}, Adam, float32{products}")
 
 
 def table(results):
@@ -41,7 +42,7 @@ def table(results):
     noisy = []
     for name, cfg in results["configs"].items():
         lines.append("")
-        lines.append(f"{name}: {describe(cfg)}")
+        lines.append(f"{name}: {describe(cfg, results['settings'].get('precision', 'float32'))}")
         lines.append(f"  {'subject':<20}{'forward µs':>12}{'step µs':>12}{'step min-max µs':>20}"
                      f"{'epoch ms':>11}{'step TFLOP/s':>14}")
         rows = {}

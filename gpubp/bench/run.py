@@ -21,8 +21,9 @@ WORKLOADS = ("forward", "step", "epoch")
 
 
 class Settings:
-    def __init__(self, quick=False, repeat=None, budget_s=None, use_torch=True):
+    def __init__(self, quick=False, repeat=None, budget_s=None, use_torch=True, precision="float32"):
         self.quick = quick
+        self.precision = precision
         self.repeat = repeat or (5 if quick else 30)
         self.warmup = 2 if quick else 5
         self.budget_s = budget_s or (2.0 if quick else 10.0)
@@ -88,18 +89,22 @@ def plan(config, backend, settings, explicit=()):
     ``(subject, reason)`` for those skipped."""
     torch_ok = settings.use_torch and torch_version() is not None
     n_batches = settings.n_batches(config)
+    precision = settings.precision
     if backend == "numpy":
         if not config.cpu_by_default and config.name not in explicit:
             reason = f"the CPU runs {config.name} only when asked for by name (--config {config.name})"
             return [("gpubp-numpy", reason), ("floor-numpy", reason), ("torch-cpu", reason)]
         numpy = get_backend("numpy")
         out = [
-            ("gpubp-numpy", "cpu", lambda: GpubpWorkload(config, numpy, n_batches), HostClock, WORKLOADS),
-            ("floor-numpy", "cpu", lambda: GemmFloor(config, numpy), HostClock, ("forward", "step")),
+            ("gpubp-numpy", "cpu", lambda: GpubpWorkload(config, numpy, n_batches, precision),
+             HostClock, WORKLOADS),
+            ("floor-numpy", "cpu", lambda: GemmFloor(config, numpy, precision), HostClock,
+             ("forward", "step")),
         ]
         if torch_ok:
             params = lambda: GpubpWorkload(config, numpy, 1).model.get_params()  # noqa: E731
-            out.append(("torch-cpu", "cpu", lambda: TorchWorkload(config, "cpu", params(), n_batches),
+            out.append(("torch-cpu", "cpu",
+                        lambda: TorchWorkload(config, "cpu", params(), n_batches, precision=precision),
                         HostClock, WORKLOADS))
         else:
             out.append(("torch-cpu", "PyTorch is not installed" if settings.use_torch else "--no-torch"))
@@ -112,18 +117,22 @@ def plan(config, backend, settings, explicit=()):
         out += [(s, str(exc)) for s in ("gpubp-cupy", "gpubp-cupy-unfused", "floor-cupy")]
     else:
         out += [
-            ("gpubp-cupy", "gpu", lambda: GpubpWorkload(config, cupy_backend, n_batches),
+            ("gpubp-cupy", "gpu", lambda: GpubpWorkload(config, cupy_backend, n_batches, precision),
              CupyEvents, WORKLOADS),
-            ("gpubp-cupy-unfused", "gpu", lambda: GpubpWorkload(config, plain_cupy_backend(), n_batches),
+            ("gpubp-cupy-unfused", "gpu",
+             lambda: GpubpWorkload(config, plain_cupy_backend(), n_batches, precision),
              CupyEvents, ("forward", "step")),
-            ("floor-cupy", "gpu", lambda: GemmFloor(config, cupy_backend), CupyEvents, ("forward", "step")),
+            ("floor-cupy", "gpu", lambda: GemmFloor(config, cupy_backend, precision), CupyEvents,
+             ("forward", "step")),
         ]
     if torch_ok and _torch_cuda():
         params = lambda: GpubpWorkload(config, get_backend("numpy"), 1).model.get_params()  # noqa: E731
-        out.append(("torch-cuda", "gpu", lambda: TorchWorkload(config, "cuda", params(), n_batches),
+        out.append(("torch-cuda", "gpu",
+                    lambda: TorchWorkload(config, "cuda", params(), n_batches, precision=precision),
                     TorchEvents, WORKLOADS))
         out.append(("torch-cuda-graph", "gpu",
-                    lambda: TorchWorkload(config, "cuda", params(), n_batches, graph=True),
+                    lambda: TorchWorkload(config, "cuda", params(), n_batches, graph=True,
+                                          precision=precision),
                     TorchEvents, ("step",)))
     else:
         reason = ("--no-torch" if not settings.use_torch else
@@ -143,7 +152,8 @@ def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=pri
     """Time every (config, backend) pair; returns the JSON-ready results."""
     settings = settings or Settings()
     results = {"meta": environment(), "settings": {"quick": settings.quick, "repeat": settings.repeat,
-                                                    "budget_s": settings.budget_s},
+                                                    "budget_s": settings.budget_s,
+                                                    "precision": settings.precision},
                "configs": {}, "measurements": [], "skipped": [], "ratios": {}}
     for config in configs:
         results["configs"][config.name] = config.to_dict()

@@ -1,5 +1,7 @@
 """The same network, data and optimizer in PyTorch: eager on the CPU or GPU,
-and on the GPU with its whole training step captured in a CUDA graph."""
+and on the GPU with its whole training step captured in a CUDA graph. In
+precision "tf32" PyTorch may use TF32 for its CUDA matmuls; in "bf16" the
+forward pass and loss run under autocast to bfloat16 (fp32 master weights)."""
 
 from __future__ import annotations
 
@@ -17,12 +19,15 @@ def torch_version():
 
 
 class TorchWorkload:
-    def __init__(self, config, device, params, n_batches, graph=False):
+    def __init__(self, config, device, params, n_batches, graph=False, precision="float32"):
         import torch
         from torch import nn
 
         self.torch = torch
         self.config = config
+        self.precision = precision
+        if device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         acts = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU,
                 "leaky_relu": lambda: nn.LeakyReLU(0.01), "identity": nn.Identity}
         layers = []
@@ -58,9 +63,17 @@ class TorchWorkload:
         out = self.torch.sigmoid(z) if self.config.output == "sigmoid" else z
         return 0.5 * ((out - y) ** 2).sum() / m
 
+    def _autocast(self):
+        import contextlib
+
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        return self.torch.autocast(device_type=self.device, dtype=self.torch.bfloat16)
+
     def _step(self, xb, yb):
         self.opt.zero_grad(set_to_none=True)
-        loss = self._loss(self.net(xb), yb)
+        with self._autocast():
+            loss = self._loss(self.net(xb), yb)
         loss.backward()
         self.opt.step()
         return loss
@@ -78,12 +91,13 @@ class TorchWorkload:
         self.graph = torch.cuda.CUDAGraph()
         self.opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):
-            loss = self._loss(self.net(self.xb), self.yb)
+            with self._autocast():
+                loss = self._loss(self.net(self.xb), self.yb)
             loss.backward()
             self.opt.step()
 
     def forward(self):
-        with self.torch.no_grad():
+        with self.torch.no_grad(), self._autocast():
             self.net(self.xb)
 
     def step(self):

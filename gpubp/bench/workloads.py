@@ -27,9 +27,9 @@ def synthetic_data(config, n, seed=0):
 class GpubpWorkload:
     """An MLP with Adam on one backend, its data on the device."""
 
-    def __init__(self, config, backend, n_batches):
+    def __init__(self, config, backend, n_batches, precision="float32"):
         self.model = MLP(config.layers, config.activation, config.output, backend=backend,
-                         dtype="float32", seed=0)
+                         dtype="float32", seed=0, precision=precision)
         self.trainer = Trainer(self.model, loss=config.loss, optimizer=Adam(1e-3),
                                batch_size=config.batch, seed=0)
         X, Y = synthetic_data(config, config.batch * n_batches)
@@ -60,9 +60,10 @@ class GpubpWorkload:
 class GemmFloor:
     """The GEMMs of a forward pass or training step alone, on random operands."""
 
-    def __init__(self, config, backend):
+    def __init__(self, config, backend, precision="float32"):
         self.backend = backend
         self.config = config
+        self.precision = precision
         xp = backend.xp
         rng = np.random.default_rng(1)
 
@@ -77,16 +78,16 @@ class GemmFloor:
         self.dW = [xp.empty_like(w) for w in self.W]
 
     def forward(self):
-        mm = self.backend.matmul
+        mm, p = self.backend.matmul, self.precision
         for i, w in enumerate(self.W):
-            mm(self.acts[i], w, out=self.acts[i + 1])
+            mm(self.acts[i], w, out=self.acts[i + 1], precision=p)
 
     def step(self):
-        mm = self.backend.matmul
+        mm, p = self.backend.matmul, self.precision
         for kind, i, _ in self.config.gemm_shapes():
             if kind == "forward":
-                mm(self.acts[i], self.W[i], out=self.acts[i + 1])
+                mm(self.acts[i], self.W[i], out=self.acts[i + 1], precision=p)
             elif kind == "dW":
-                mm(self.acts[i], self.deltas[i + 1], out=self.dW[i], transa=True)
+                mm(self.acts[i], self.deltas[i + 1], out=self.dW[i], transa=True, precision=p)
             else:
-                mm(self.deltas[i + 1], self.W[i], out=self.errs[i], transb=True)
+                mm(self.deltas[i + 1], self.W[i], out=self.errs[i], transb=True, precision=p)
