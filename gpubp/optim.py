@@ -7,7 +7,7 @@ model it steps; use a new optimizer for another model.
 
 from __future__ import annotations
 
-import math
+import numpy as np
 
 from . import _validation as v
 
@@ -80,19 +80,20 @@ class Adam(Optimizer):
         self.m = self.v = None
 
     def _init_state(self, model):
-        self.m = model.xp.zeros_like(model.params)
-        self.v = model.xp.zeros_like(model.params)
+        xp = model.xp
+        self.m = xp.zeros_like(model.params)
+        self.v = xp.zeros_like(model.params)
+        # The step count and the bias corrections live on the device, so that a
+        # step replayed from a CUDA graph uses the right t.
+        self.step_count = xp.zeros(1, dtype=np.int32)
+        self.coef = xp.zeros(2, dtype=np.float64)
 
     def _update(self, model):
         beta1, beta2 = self.betas
-        t = self.steps
         model.backend.adam(
-            model.params, model.grads, self.m, self.v,
-            decay=1.0 - self.lr * self.weight_decay,
-            beta1=beta1, beta2=beta2,
-            step_size=self.lr / (1.0 - beta1 ** t),
-            bc2_sqrt=math.sqrt(1.0 - beta2 ** t),
-            eps=self.eps,
+            model.params, model.grads, self.m, self.v, self.step_count, self.coef,
+            lr=self.lr, decay=1.0 - self.lr * self.weight_decay,
+            beta1=beta1, beta2=beta2, eps=self.eps,
         )
 
     def __repr__(self):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import numbers
 import time
 
@@ -11,6 +13,8 @@ from . import _validation as v
 from .losses import resolve_loss
 from .model import MLP
 from .optim import Adam, Optimizer
+
+logger = logging.getLogger("gpubp")
 
 # splitmix64 constants (Steele, Lea & Flood 2014).
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -44,10 +48,15 @@ class Trainer:
     binary_cross_entropy for sigmoid, mse for identity); ``optimizer`` to
     ``Adam()``; ``l2`` adds (l2 / 2m) sum ||W||^2 to each batch's loss (biases
     are never regularized); ``seed`` fixes the shuffling, identically on every
-    backend.
+    backend. With ``cuda_graphs=True`` on the CuPy backend, the step of each
+    batch shape is captured once as a CUDA graph and replayed (gather, forward,
+    loss, backward and update in one launch); where capture cannot work the
+    trainer logs why (``graphs_off_reason``) and launches eagerly. It is off by
+    default until it has been checked on a GPU.
     """
 
-    def __init__(self, model, loss=None, optimizer=None, batch_size=32, l2=0.0, seed=0):
+    def __init__(self, model, loss=None, optimizer=None, batch_size=32, l2=0.0, seed=0,
+                 cuda_graphs=False):
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a gpubp.MLP; got {type(model).__name__}")
         self.model = model
@@ -66,8 +75,14 @@ class Trainer:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         self.seed = int(seed)
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be True or False; got {cuda_graphs!r}")
+        self.cuda_graphs = cuda_graphs
+        self.graphs_off_reason = None       # why replay fell back to eager launches
         self.epochs_done = 0
-        self._gathered = {}                 # batch shape -> (X rows, target rows), reused
+        self._state = {}                    # persistent device buffers of the step
+        self._graph_cache = {}              # data set -> {batch size: "warm" | CUDA graph}
+        self._stream = None
 
     def fit(self, X, Y, epochs=1, shuffle=True, validation_data=None, verbose=False):
         """Train for ``epochs`` passes over (X, Y); returns the history dict.
@@ -98,49 +113,136 @@ class Trainer:
         xp = model.xp
         n = X.shape[0]
         targets = dense if dense is not None else labels
-        bounds = [(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
-        loss_sum = xp.zeros((), dtype=np.float64)
+        sizes = [min(self.batch_size, n - s) for s in range(0, n, self.batch_size)]
+        # Persistent device state that a captured step reads: the epoch's order,
+        # the offset of the next batch in it, the loss sum, the gathered batch.
+        order = self._persistent("order", (n,), np.int64)
+        offset = self._persistent("offset", (1,), np.int64)
+        loss_sum = self._persistent("loss_sum", (), np.float64)
+        graphs = self._graphs_for(X, targets)
         history = {"loss": []}
         if val is not None:
             history["val_loss"] = []
             if model.output in ("softmax", "sigmoid"):
                 history["val_accuracy"] = []
 
-        for _ in range(epochs):
-            start = time.perf_counter()
-            loss_sum.fill(0)
-            order = epoch_permutation(xp, n, self.seed, self.epochs_done) if shuffle else None
-            for s, e in bounds:
-                m = e - s
-                if order is None:
-                    xb, tb = X[s:e], targets[s:e]
+        with self._stream_context():
+            for _ in range(epochs):
+                start = time.perf_counter()
+                loss_sum.fill(0)
+                offset.fill(0)
+                if shuffle:
+                    order[...] = epoch_permutation(xp, n, self.seed, self.epochs_done)
                 else:
-                    key = (m, X.shape[1:], X.dtype, targets.shape[1:], targets.dtype)
-                    if key not in self._gathered:
-                        self._gathered[key] = (xp.empty((m,) + X.shape[1:], X.dtype),
-                                               xp.empty((m,) + targets.shape[1:], targets.dtype))
-                    xb, tb = self._gathered[key]
-                    xp.take(X, order[s:e], axis=0, out=xb)
-                    xp.take(targets, order[s:e], axis=0, out=tb)
-                batch_dense, batch_labels = (tb, None) if dense is not None else (None, tb)
-                model._backprop(xb, batch_dense, batch_labels, self._kind, self.l2,
-                                model._buffers_for(m), loss_sum)
-                self.optimizer.step(model)
-            self.epochs_done += 1
+                    order[...] = xp.arange(n, dtype=np.int64)
+                for m in sizes:
+                    step = self._step_fn(X, targets, dense is not None, m, order, offset, loss_sum)
+                    if graphs is None:
+                        step()
+                    else:
+                        self._replay(graphs, m, step)
+                self.epochs_done += 1
 
-            figures = [loss_sum]
-            if val is not None:
-                total, correct = model._objective(*val, self._kind, self.l2)
-                figures += [total] + ([] if correct is None else [correct])
-            # The one read-back of the epoch.
-            host = model.backend.to_numpy(xp.stack([xp.asarray(f, dtype=np.float64) for f in figures]))
-            history["loss"].append(float(host[0]) / n)
-            if val is not None:
-                n_val = val[0].shape[0]
-                history["val_loss"].append(float(host[1]) / n_val)
-                if len(host) > 2:
-                    history["val_accuracy"].append(float(host[2]) / n_val)
-            if verbose:
-                shown = ", ".join(f"{k} {vals[-1]:.4f}" for k, vals in history.items())
-                print(f"epoch {self.epochs_done}: {shown} ({time.perf_counter() - start:.2f} s)")
+                figures = [loss_sum]
+                if val is not None:
+                    total, correct = model._objective(*val, self._kind, self.l2)
+                    figures += [total] + ([] if correct is None else [correct])
+                # The one read-back of the epoch.
+                host = model.backend.to_numpy(
+                    xp.stack([xp.asarray(f, dtype=np.float64) for f in figures]))
+                history["loss"].append(float(host[0]) / n)
+                if val is not None:
+                    n_val = val[0].shape[0]
+                    history["val_loss"].append(float(host[1]) / n_val)
+                    if len(host) > 2:
+                        history["val_accuracy"].append(float(host[2]) / n_val)
+                if verbose:
+                    shown = ", ".join(f"{k} {vals[-1]:.4f}" for k, vals in history.items())
+                    print(f"epoch {self.epochs_done}: {shown} ({time.perf_counter() - start:.2f} s)")
         return history
+
+    # -- one step ----------------------------------------------------------------
+    def _persistent(self, name, shape, dtype):
+        key = (name, shape, np.dtype(dtype).str)
+        buf = self._state.get(key)
+        if buf is None:
+            buf = self._state[key] = self.model.xp.zeros(shape, dtype=dtype)
+        return buf
+
+    def _step_fn(self, X, targets, is_dense, m, order, offset, loss_sum):
+        """The training step for a batch of m rows: gather at the device offset,
+        forward, loss, backward, update, advance the offset. It reads nothing back,
+        so it can run eagerly or be captured into a CUDA graph."""
+        model, backend = self.model, self.model.backend
+        xb = self._persistent("xb", (m,) + X.shape[1:], X.dtype)
+        tb = self._persistent("tb", (m,) + targets.shape[1:], targets.dtype)
+        bufs = model._buffers_for(m)
+        dense, labels = (tb, None) if is_dense else (None, tb)
+
+        def step():
+            backend.gather_rows(X, order, offset, xb)
+            backend.gather_rows(targets, order, offset, tb)
+            model._backprop(xb, dense, labels, self._kind, self.l2, bufs, loss_sum)
+            self.optimizer.step(model)
+            backend.advance_offset(offset, m)
+
+        return step
+
+    # -- CUDA graphs -------------------------------------------------------------
+    def _graphs_on(self):
+        return (self.cuda_graphs and self.model.backend.name == "cupy"
+                and self.graphs_off_reason is None)
+
+    def _graphs_for(self, X, targets):
+        """The captured steps for this data set (graphs hold its device pointers)."""
+        if not self._graphs_on():
+            return None
+        key = (X.data.ptr, X.shape, targets.data.ptr, targets.shape)
+        return self._graph_cache.setdefault(key, {})
+
+    def _stream_context(self):
+        """Graph mode runs on a stream of its own (CuPy cannot capture the default one)."""
+        if not self._graphs_on():
+            return contextlib.nullcontext()
+        import cupy
+
+        if self._stream is None:
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        # Uploads and initialisation were queued on other streams: let them finish.
+        cupy.cuda.Device().synchronize()
+        return self._stream
+
+    def _replay(self, graphs, m, step):
+        """Run the step for batch size m: eagerly the first time (it allocates
+        and compiles), captured and launched the second, launched after that."""
+        entry = graphs.get(m)
+        if entry is None:
+            step()
+            graphs[m] = "warm"
+            return
+        if entry == "warm":
+            stream, steps_before = self._stream, self.optimizer.steps
+            try:
+                stream.begin_capture()
+                try:
+                    step()
+                finally:
+                    graph = stream.end_capture()
+            except Exception as exc:
+                self.optimizer.steps = steps_before
+                self._graphs_off(f"{type(exc).__name__}: {exc}")
+                step()                      # the capture did not run it
+                return
+            graphs[m] = graph
+            graph.launch()                  # this step is the one just captured
+            return
+        entry.launch()
+        self.optimizer.steps += 1
+
+    def _graphs_off(self, reason):
+        gemm_problem = getattr(self.model.backend, "gemm_problem", None)
+        if gemm_problem:
+            reason += f" (cuBLAS direct GEMM unavailable: {gemm_problem})"
+        self.graphs_off_reason = reason
+        self._graph_cache.clear()
+        logger.warning("gpubp: CUDA graph capture failed, training with eager launches: %s", reason)

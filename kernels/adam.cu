@@ -5,15 +5,28 @@
 //   v      = beta2 v + (1 - beta2) g^2
 //   p     -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 //
-// with step_size = lr / (1 - beta1^t) and bc2_sqrt = sqrt(1 - beta2^t),
-// computed on the host in double and passed in the parameter dtype.
+// with step_size = lr / (1 - beta1^t) and bc2_sqrt = sqrt(1 - beta2^t).
+// The step count lives on the device, so that a step replayed from a CUDA
+// graph uses the right t: adam_schedule (one thread) advances t and writes
+// coef = {step_size, bc2_sqrt} in double; adam reads them.
 // NumPy reference: NumpyBackend.adam.
 #include "common.cuh"
 
+extern "C" __global__ void adam_schedule(int* step, double* coef, double lr, double beta1, double beta2) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const int t = *step + 1;
+        *step = t;
+        coef[0] = lr / (1.0 - pow(beta1, (double)t));
+        coef[1] = sqrt(1.0 - pow(beta2, (double)t));
+    }
+}
+
 template <typename T>
 __global__ void adam(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m,
-                     T* __restrict__ v, long long n, T decay, T beta1, T beta2,
-                     T step_size, T bc2_sqrt, T eps) {
+                     T* __restrict__ v, const double* __restrict__ coef, long long n,
+                     T decay, T beta1, T beta2, T eps) {
+    const T step_size = (T)coef[0];
+    const T bc2_sqrt = (T)coef[1];
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         const T gi = g[i];
@@ -25,7 +38,7 @@ __global__ void adam(T* __restrict__ p, const T* __restrict__ g, T* __restrict__
     }
 }
 
-template __global__ void adam<float>(float*, const float*, float*, float*, long long,
-                                     float, float, float, float, float, float);
-template __global__ void adam<double>(double*, const double*, double*, double*, long long,
-                                      double, double, double, double, double, double);
+template __global__ void adam<float>(float*, const float*, float*, float*, const double*, long long,
+                                     float, float, float, float);
+template __global__ void adam<double>(double*, const double*, double*, double*, const double*,
+                                      long long, double, double, double, double);

@@ -43,7 +43,7 @@ def test_cli_runs_every_numpy_path_and_the_json_holds_every_printed_figure(tmp_p
     assert {("gpubp-numpy", w) for w in ("forward", "step", "epoch")} <= timed
     assert {("floor-numpy", "forward"), ("floor-numpy", "step")} <= timed
     reported = {s for s, _ in timed} | {s["subject"] for s in results["skipped"]}
-    assert reported >= {"gpubp-numpy", "floor-numpy", "torch-cpu", "gpubp-cupy",
+    assert reported >= {"gpubp-numpy", "floor-numpy", "torch-cpu", "gpubp-cupy", "gpubp-cupy-graph",
                         "gpubp-cupy-unfused", "floor-cupy", "torch-cuda", "torch-cuda-graph"}
     for m in results["measurements"]:
         assert 0 < m["min_us"] <= m["median_us"] <= m["max_us"] and m["repeats"] >= 2

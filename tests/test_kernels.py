@@ -228,12 +228,39 @@ def test_adam_kernel(both, rng, dtype, decay):
     cpb, npb = both
     arrays = [rng.normal(size=3001) for _ in range(3)] + [rng.uniform(0, 2, size=3001)]
     (pc, pn), (gc, gn), (mc, mn), (vc, vn) = [_pair(cpb, a.astype(dtype)) for a in arrays]
-    args = dict(decay=decay, beta1=0.9, beta2=0.999, step_size=0.01 / (1 - 0.9 ** 3),
-                bc2_sqrt=float(np.sqrt(1 - 0.999 ** 3)), eps=1e-8)
-    cpb.adam(pc, gc, mc, vc, **args)
-    npb.adam(pn, gn, mn, vn, **args)
+    stepc, stepn = _pair(cpb, np.array([2], dtype=np.int32))      # two steps already taken
+    coefc, coefn = _pair(cpb, np.full(2, np.nan))
+    args = dict(lr=0.01, decay=decay, beta1=0.9, beta2=0.999, eps=1e-8)
+    cpb.adam(pc, gc, mc, vc, stepc, coefc, **args)
+    npb.adam(pn, gn, mn, vn, stepn, coefn, **args)
+    assert int(stepc[0]) == int(stepn[0]) == 3
+    _check(cpb, coefc, coefn, "float64")
     for c, n in ((pc, pn), (mc, mn), (vc, vn)):
         _check(cpb, c, n, dtype)
+
+
+@requires_cupy
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
+@pytest.mark.parametrize("cols", [1, 7, 64])
+def test_gather_rows_and_advance(both, rng, dtype, cols):
+    cpb, npb = both
+    n, m = 1000, 37
+    src = (rng.normal(size=(n, cols)) * 100).astype(dtype)
+    if cols == 1 and dtype == "int32":
+        src = src[:, 0].copy()                                   # labels are 1-D
+    order = rng.permutation(n).astype(np.int64)
+    sc, sn = _pair(cpb, src)
+    oc, on = _pair(cpb, order)
+    offc, offn = _pair(cpb, np.array([0], dtype=np.int64))
+    for _ in range(3):
+        outc = cpb.xp.empty((m,) + src.shape[1:], dtype=dtype)
+        outn = np.empty((m,) + src.shape[1:], dtype=dtype)
+        cpb.gather_rows(sc, oc, offc, outc)
+        npb.gather_rows(sn, on, offn, outn)
+        np.testing.assert_array_equal(cpb.to_numpy(outc), outn)
+        cpb.advance_offset(offc, m)
+        npb.advance_offset(offn, m)
+    assert int(offc[0]) == int(offn[0]) == 3 * m
 
 
 @requires_cupy

@@ -109,3 +109,13 @@ def test_updates_match_pytorch(backend, rng, name):
         theirs.step()
     np.testing.assert_allclose(model.backend.to_numpy(model.params), p.detach().numpy(),
                                rtol=1e-12, atol=1e-14)
+
+
+def test_adam_keeps_its_step_count_on_the_device(backend):
+    model = gpubp.MLP([3, 2], backend=backend, dtype="float64")
+    opt = Adam(0.01, betas=(0.8, 0.9))
+    for _ in range(4):
+        opt.step(model)
+    assert int(opt.step_count[0]) == opt.steps == 4
+    coef = model.backend.to_numpy(opt.coef)
+    np.testing.assert_allclose(coef, [0.01 / (1 - 0.8 ** 4), math.sqrt(1 - 0.9 ** 4)], rtol=1e-15)

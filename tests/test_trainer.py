@@ -176,3 +176,67 @@ def test_no_gpu_allocation_inside_a_step_after_the_first(rng):
         for s in (16, 32, 48):
             step(s)
     assert hook.count == 0
+
+
+def test_gather_reads_its_place_from_the_offset(rng):
+    b = gpubp.get_backend("numpy")
+    src = rng.normal(size=(10, 3))
+    order = rng.permutation(10)
+    offset = np.zeros(1, dtype=np.int64)
+    out = np.empty((4, 3))
+    b.gather_rows(src, order, offset, out)
+    np.testing.assert_array_equal(out, src[order[:4]])
+    b.advance_offset(offset, 4)
+    b.gather_rows(src, order, offset, out)
+    np.testing.assert_array_equal(out, src[order[4:8]])
+
+
+def test_cuda_graphs_option_is_harmless_off_the_gpu(rng):
+    X, y = rng.normal(size=(30, 4)), rng.integers(0, 2, size=30)
+    params = []
+    for graphs in (False, True):
+        model = gpubp.MLP([4, 5, 2], backend="numpy", dtype="float64")
+        gpubp.Trainer(model, batch_size=7, cuda_graphs=graphs).fit(X, y, epochs=2)
+        params.append(model.params.copy())
+    np.testing.assert_array_equal(params[0], params[1])
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        gpubp.Trainer(gpubp.MLP([4, 2], backend="numpy"), cuda_graphs="yes")
+
+
+def _train_on_gpu(X, y, cuda_graphs, epochs=6):
+    model = gpubp.MLP([20, 48, 48, 5], activation="tanh", backend="cupy", seed=3)
+    trainer = gpubp.Trainer(model, optimizer=gpubp.optim.AdamW(3e-3), batch_size=64, l2=0.01,
+                            seed=1, cuda_graphs=cuda_graphs)
+    history = trainer.fit(X, y, epochs=epochs, validation_data=(X[:50], y[:50]))
+    return model, trainer, history
+
+
+@requires_cupy
+def test_graph_replayed_training_equals_eager_training(rng):
+    """Many steps, a partial last batch (1000 = 15 x 64 + 40), Adam's device step
+    count, the device-side gather offset: replayed graphs end where eager launches do."""
+    X, y = rng.normal(size=(1000, 20)).astype(np.float32), rng.integers(0, 5, size=1000)
+    eager, _, h_eager = _train_on_gpu(X, y, cuda_graphs=False)
+    graphed, trainer, h_graph = _train_on_gpu(X, y, cuda_graphs=True)
+    assert trainer.graphs_off_reason is None
+    captured = [g for cache in trainer._graph_cache.values() for g in cache.values()]
+    assert len(captured) == 2 and all(g != "warm" for g in captured)   # batch sizes 64 and 40
+    assert trainer.optimizer.steps == 6 * 16 == int(trainer.optimizer.step_count[0])
+    np.testing.assert_allclose(graphed.backend.to_numpy(graphed.params),
+                               eager.backend.to_numpy(eager.params), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_graph["loss"], h_eager["loss"], rtol=1e-5)
+    np.testing.assert_allclose(h_graph["val_loss"], h_eager["val_loss"], rtol=1e-5)
+
+
+@requires_cupy
+def test_graph_capture_falls_back_to_eager_with_a_reason(rng, monkeypatch, caplog):
+    X, y = rng.normal(size=(300, 20)).astype(np.float32), rng.integers(0, 5, size=300)
+    eager, _, _ = _train_on_gpu(X, y, cuda_graphs=False, epochs=3)
+    backend = gpubp.get_backend("cupy")
+    monkeypatch.setattr(backend, "_direct_gemm", lambda: None)   # CuPy's matmul cannot be captured
+    with caplog.at_level("WARNING", logger="gpubp"):
+        model, trainer, _ = _train_on_gpu(X, y, cuda_graphs=True, epochs=3)
+    assert trainer.graphs_off_reason and "graph capture failed" in caplog.text
+    np.testing.assert_allclose(model.backend.to_numpy(model.params),
+                               eager.backend.to_numpy(eager.params), rtol=1e-5, atol=1e-6)
+    assert trainer.optimizer.steps == 3 * 5

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from . import BackendUnavailableError
 from .numpy_backend import NumpyBackend, WorkArrays, round_operands
 
 _THREADS = 256
@@ -33,6 +34,7 @@ class CupyBackend:
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
         self._work = WorkArrays(cupy)
         self._gemm = None
+        self.gemm_problem = None
 
     # -- moving arrays -----------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -49,17 +51,31 @@ class CupyBackend:
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
         """out = op(a) @ op(b) through cuBLAS, op a transpose where asked.
 
-        float32 and bf16 (operands rounded first, fp32 products) go through
-        cupy.matmul; tf32 through gpubp.cublas, on the tensor cores.
+        Through gpubp.cublas (capturable in a CUDA graph) where libcublas loads,
+        else cupy.matmul; tf32 runs on the tensor cores and needs gpubp.cublas;
+        bf16 rounds the operands first (gpubp/precision.py) and multiplies in fp32.
         """
+        gemm = self._direct_gemm()
         if precision == "tf32":
-            if self._gemm is None:
+            if gemm is None:
+                raise BackendUnavailableError(f"precision 'tf32' needs cuBLAS: {self.gemm_problem}")
+            return gemm(a, b, out, transa=transa, transb=transb, precision="tf32")
+        a, b = round_operands(self.xp, self._work, a, b, precision)
+        if gemm is not None:
+            return gemm(a, b, out, transa=transa, transb=transb)
+        return self._cupy.matmul(a.T if transa else a, b.T if transb else b, out=out)
+
+    def _direct_gemm(self):
+        """gpubp.cublas.Gemm, which CUDA graphs can capture; None (and the reason
+        in ``gemm_problem``) where libcublas cannot be loaded, and cupy.matmul serves."""
+        if self._gemm is None and self.gemm_problem is None:
+            try:
                 from ..cublas import Gemm
 
                 self._gemm = Gemm()
-            return self._gemm(a, b, out, transa=transa, transb=transb, precision="tf32")
-        a, b = round_operands(self.xp, self._work, a, b, precision)
-        return self._cupy.matmul(a.T if transa else a, b.T if transb else b, out=out)
+            except Exception as exc:
+                self.gemm_problem = f"{type(exc).__name__}: {exc}"
+        return self._gemm
 
     # -- helpers ---------------------------------------------------------------
     def _blocks(self, n):
@@ -151,14 +167,29 @@ class CupyBackend:
             buf = p  # never read by the plain variant
         fn((self._blocks(p.size),), (_THREADS,), (p, g, buf, np.int64(p.size), t(lr), t(momentum)))
 
-    def adam(self, p, g, m, v, decay, beta1, beta2, step_size, bc2_sqrt, eps):
+    def adam(self, p, g, m, v, step, coef, lr, decay, beta1, beta2, eps):
         t = p.dtype.type
-        fn = kernels.function("adam", f"adam<{self._t(p.dtype)}>")
-        fn(
+        kernels.function("adam", "adam_schedule")(
+            (1,), (32,), (step, coef, np.float64(lr), np.float64(beta1), np.float64(beta2)))
+        kernels.function("adam", f"adam<{self._t(p.dtype)}>")(
             (self._blocks(p.size),),
             (_THREADS,),
-            (p, g, m, v, np.int64(p.size), t(decay), t(beta1), t(beta2), t(step_size), t(bc2_sqrt), t(eps)),
+            (p, g, m, v, coef, np.int64(p.size), t(decay), t(beta1), t(beta2), t(eps)),
         )
+
+    # -- the batch gather ------------------------------------------------------
+    _GATHER_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+                     np.dtype(np.int32): "int"}
+
+    def gather_rows(self, src, order, offset, out):
+        m = out.shape[0]
+        cols = out.size // m if m else 1
+        fn = kernels.function("gather_rows", f"gather_rows<{self._GATHER_TYPES[src.dtype]}>")
+        fn((self._blocks(out.size),), (_THREADS,), (src, order, offset, out, np.int32(m), np.int32(cols)))
+        return out
+
+    def advance_offset(self, offset, m):
+        kernels.function("gather_rows", "advance_offset")((1,), (32,), (offset, np.int64(m)))
 
 
 class PlainCupyBackend(NumpyBackend):

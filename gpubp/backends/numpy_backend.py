@@ -10,6 +10,7 @@ tests hold the two to each other.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -216,6 +217,17 @@ class NumpyBackend:
         self.xp.multiply(w, w.dtype.type(l2 / m), out=s)
         g += s
 
+    # -- the batch gather ------------------------------------------------------
+    def gather_rows(self, src, order, offset, out):
+        """out = src[order[offset : offset + m]] (kernels/gather_rows.cu); ``offset``
+        is a 1-element int64 array."""
+        start = int(offset[0])
+        return self.xp.take(src, order[start:start + out.shape[0]], axis=0, out=out)
+
+    def advance_offset(self, offset, m):
+        """offset += m (kernels/gather_rows.cu)."""
+        offset += m
+
     # -- optimizers ------------------------------------------------------------
     def sgd(self, p, g, buf, lr, momentum, nesterov):
         """PyTorch's SGD over the flat buffer (kernels/sgd.cu)."""
@@ -233,8 +245,15 @@ class NumpyBackend:
                 xp.multiply(buf, t(lr), out=s)
         p -= s
 
-    def adam(self, p, g, m, v, decay, beta1, beta2, step_size, bc2_sqrt, eps):
-        """PyTorch's Adam/AdamW over the flat buffer (kernels/adam.cu)."""
+    def adam(self, p, g, m, v, step, coef, lr, decay, beta1, beta2, eps):
+        """PyTorch's Adam/AdamW over the flat buffer (kernels/adam.cu). ``step``
+        (int32, 1 element) counts the steps and is advanced here; ``coef``
+        (float64, 2 elements) receives lr / (1 - beta1^t) and sqrt(1 - beta2^t)."""
+        step += 1
+        t_now = int(step[0])
+        coef[0] = lr / (1.0 - beta1 ** t_now)
+        coef[1] = math.sqrt(1.0 - beta2 ** t_now)
+        step_size, bc2_sqrt = float(coef[0]), float(coef[1])
         xp, t, s = self.xp, p.dtype.type, self._work(p)
         xp.subtract(g, m, out=s)                       # m += (1 - beta1) (g - m)
         s *= t(1) - t(beta1)

@@ -6,8 +6,8 @@ import json
 
 from .run import RATIOS, WORKLOADS
 
-SUBJECT_ORDER = ["gpubp-numpy", "floor-numpy", "torch-cpu", "gpubp-cupy", "gpubp-cupy-unfused",
-                 "floor-cupy", "torch-cuda", "torch-cuda-graph"]
+SUBJECT_ORDER = ["gpubp-numpy", "floor-numpy", "torch-cpu", "gpubp-cupy", "gpubp-cupy-graph",
+                 "gpubp-cupy-unfused", "floor-cupy", "torch-cuda", "torch-cuda-graph"]
 
 
 def fmt(x):

@@ -114,11 +114,15 @@ def plan(config, backend, settings, explicit=()):
     try:
         cupy_backend = get_backend("cupy")
     except BackendUnavailableError as exc:
-        out += [(s, str(exc)) for s in ("gpubp-cupy", "gpubp-cupy-unfused", "floor-cupy")]
+        out += [(s, str(exc)) for s in ("gpubp-cupy", "gpubp-cupy-graph", "gpubp-cupy-unfused",
+                                        "floor-cupy")]
     else:
         out += [
             ("gpubp-cupy", "gpu", lambda: GpubpWorkload(config, cupy_backend, n_batches, precision),
              CupyEvents, WORKLOADS),
+            ("gpubp-cupy-graph", "gpu",
+             lambda: GpubpWorkload(config, cupy_backend, n_batches, precision, graphs=True),
+             CupyEvents, ("step", "epoch")),
             ("gpubp-cupy-unfused", "gpu",
              lambda: GpubpWorkload(config, plain_cupy_backend(), n_batches, precision),
              CupyEvents, ("forward", "step")),
@@ -187,6 +191,9 @@ RATIOS = [  # (name, numerator subject, denominator subject): ratios of medians
     ("cupy_over_torch_cuda", "gpubp-cupy", "torch-cuda"),
     ("cupy_over_torch_cuda_graph", "gpubp-cupy", "torch-cuda-graph"),
     ("cupy_over_floor", "gpubp-cupy", "floor-cupy"),
+    ("graph_over_torch_cuda_graph", "gpubp-cupy-graph", "torch-cuda-graph"),
+    ("graph_over_torch_cuda", "gpubp-cupy-graph", "torch-cuda"),
+    ("graph_over_floor", "gpubp-cupy-graph", "floor-cupy"),
     ("fused_speedup_over_unfused", "gpubp-cupy-unfused", "gpubp-cupy"),
     ("numpy_over_torch_cpu", "gpubp-numpy", "torch-cpu"),
     ("numpy_over_floor", "gpubp-numpy", "floor-numpy"),

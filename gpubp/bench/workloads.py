@@ -27,11 +27,11 @@ def synthetic_data(config, n, seed=0):
 class GpubpWorkload:
     """An MLP with Adam on one backend, its data on the device."""
 
-    def __init__(self, config, backend, n_batches, precision="float32"):
+    def __init__(self, config, backend, n_batches, precision="float32", graphs=False):
         self.model = MLP(config.layers, config.activation, config.output, backend=backend,
                          dtype="float32", seed=0, precision=precision)
         self.trainer = Trainer(self.model, loss=config.loss, optimizer=Adam(1e-3),
-                               batch_size=config.batch, seed=0)
+                               batch_size=config.batch, seed=0, cuda_graphs=graphs)
         X, Y = synthetic_data(config, config.batch * n_batches)
         self.X, self.dense, self.labels = self.model._device_data(X, Y, config.loss)
         m = config.batch
@@ -40,13 +40,38 @@ class GpubpWorkload:
         self.batch_labels = None if self.labels is None else self.labels[:m]
         self.bufs = self.model._buffers_for(m)
         self.loss_sum = self.model.xp.zeros((), dtype=np.float64)
+        self.graph = self._capture_step() if graphs else None
+
+    def _capture_step(self):
+        """The step captured once as a CUDA graph (after a warm-up step that
+        compiles and allocates), replayed by ``step``."""
+        import cupy
+
+        stream = cupy.cuda.Stream(non_blocking=True)
+        cupy.cuda.Device().synchronize()
+        with stream:
+            self._eager_step()
+            stream.begin_capture()
+            try:
+                self._eager_step()
+            finally:
+                graph = stream.end_capture()
+        stream.synchronize()
+        return graph
 
     def forward(self):
         """Forward propagation of one batch to the logits."""
         self.model._forward(self.xb, self.bufs)
 
     def step(self):
-        """One training step: forward, loss, backward, Adam update."""
+        """One training step: forward, loss, backward, Adam update (replayed
+        from its CUDA graph in graph mode)."""
+        if self.graph is not None:
+            self.graph.launch()
+        else:
+            self._eager_step()
+
+    def _eager_step(self):
         self.model._backprop(self.xb, self.batch_dense, self.batch_labels, self.trainer._kind,
                              0.0, self.bufs, self.loss_sum)
         self.trainer.optimizer.step(self.model)

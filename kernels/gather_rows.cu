@@ -1,0 +1,31 @@
+// The batch gather of an epoch, reading its place from the device, so that a
+// step replayed from a CUDA graph takes the next batch without the host:
+//
+//   gather_rows:    out[i, j] = src[order[*offset + i], j]    i < m, j < cols
+//   advance_offset: *offset += m                               (one thread)
+//
+// order is the epoch's permutation (int64), offset an int64 counter set to 0
+// at the start of the epoch; src is float, double (inputs, one-hot targets) or
+// int (class labels, cols = 1).
+// NumPy reference: NumpyBackend.gather_rows and NumpyBackend.advance_offset.
+template <typename T>
+__global__ void gather_rows(const T* __restrict__ src, const long long* __restrict__ order,
+                            const long long* __restrict__ offset, T* __restrict__ out,
+                            int m, int cols) {
+    const long long base = *offset;
+    const long long n = (long long)m * cols;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        const long long i = k / cols;
+        const long long j = k - i * cols;
+        out[k] = src[order[base + i] * cols + j];
+    }
+}
+
+extern "C" __global__ void advance_offset(long long* offset, long long m) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) *offset += m;
+}
+
+template __global__ void gather_rows<float>(const float*, const long long*, const long long*, float*, int, int);
+template __global__ void gather_rows<double>(const double*, const long long*, const long long*, double*, int, int);
+template __global__ void gather_rows<int>(const int*, const long long*, const long long*, int*, int, int);
