@@ -9,8 +9,10 @@ workspace, so it is set again after every stream change, as PyTorch does), and
 depends on. Row-major ``C = op(A) op(B)`` is computed as the column-major
 ``C^T = op(B)^T op(A)^T``, so no operand is copied or transposed.
 
-Not yet the backend's default matmul: it waits for its first run on a GPU
-(``tests/test_cublas.py``).
+The CuPy backend uses it for TF32 products and inside ``capturable()`` (the
+trainer's CUDA-graph mode); eager float32 products stay with cupy.matmul until
+``tests/test_cublas.py`` has run on a GPU. A graph captured with a Gemm holds
+its workspace pointers: keep the Gemm alive as long as the graph.
 """
 
 from __future__ import annotations

@@ -34,6 +34,11 @@ class Optimizer:
     def _update(self, model):
         raise NotImplementedError
 
+    def _hyperparameters(self):
+        """Every setting a step depends on (a CUDA graph bakes them in)."""
+        return tuple(sorted((k, v) for k, v in vars(self).items()
+                            if isinstance(v, (int, float, bool, tuple)) and k != "steps"))
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent, PyTorch's rule with dampening 0:

@@ -126,7 +126,7 @@ class Trainer:
             if model.output in ("softmax", "sigmoid"):
                 history["val_accuracy"] = []
 
-        with self._stream_context():
+        with self._graph_mode():
             for _ in range(epochs):
                 start = time.perf_counter()
                 loss_sum.fill(0)
@@ -194,55 +194,74 @@ class Trainer:
                 and self.graphs_off_reason is None)
 
     def _graphs_for(self, X, targets):
-        """The captured steps for this data set (graphs hold its device pointers)."""
+        """The captured steps for this data set and these settings: a graph holds
+        the data's device pointers and bakes in every scalar argument (lr, betas,
+        l2, ...), so any change gets graphs of its own. Only the latest set is kept."""
         if not self._graphs_on():
             return None
-        key = (X.data.ptr, X.shape, targets.data.ptr, targets.shape)
-        return self._graph_cache.setdefault(key, {})
+        key = (X.data.ptr, X.shape, targets.data.ptr, targets.shape, id(self.optimizer),
+               self.optimizer._hyperparameters(), self.l2, self._kind, self.model.precision)
+        if key not in self._graph_cache:
+            self._graph_cache = {key: {}}
+        return self._graph_cache[key]
 
-    def _stream_context(self):
-        """Graph mode runs on a stream of its own (CuPy cannot capture the default one)."""
+    @contextlib.contextmanager
+    def _graph_mode(self):
+        """Graph mode runs on a stream of its own (CuPy cannot capture the default
+        one), with every product through gpubp.cublas (which capture allows)."""
         if not self._graphs_on():
-            return contextlib.nullcontext()
+            yield
+            return
+        if self.model.backend._direct_gemm() is None:
+            self._graphs_off(f"they need gpubp.cublas ({self.model.backend.gemm_problem})")
+            yield
+            return
         import cupy
 
         if self._stream is None:
             self._stream = cupy.cuda.Stream(non_blocking=True)
         # Uploads and initialisation were queued on other streams: let them finish.
         cupy.cuda.Device().synchronize()
-        return self._stream
+        try:
+            with self._stream, self.model.backend.capturable():
+                yield
+        finally:
+            self._stream.synchronize()      # also when an exception leaves mid-epoch
 
     def _replay(self, graphs, m, step):
         """Run the step for batch size m: eagerly the first time (it allocates
         and compiles), captured and launched the second, launched after that."""
-        entry = graphs.get(m)
-        if entry is None:
+        entry = graphs.get(m) if self.graphs_off_reason is None else "off"
+        if entry in (None, "off"):
             step()
-            graphs[m] = "warm"
+            if entry is None:
+                graphs[m] = "warm"
             return
         if entry == "warm":
             stream, steps_before = self._stream, self.optimizer.steps
+            failure = None
+            stream.begin_capture()
             try:
-                stream.begin_capture()
-                try:
-                    step()
-                finally:
-                    graph = stream.end_capture()
+                step()
             except Exception as exc:
+                failure = exc
+            try:
+                graph = stream.end_capture()
+            except Exception as exc:
+                failure = failure or exc
+            if failure is not None:
                 self.optimizer.steps = steps_before
-                self._graphs_off(f"{type(exc).__name__}: {exc}")
+                self._graphs_off(f"{type(failure).__name__}: {failure}")
                 step()                      # the capture did not run it
                 return
-            graphs[m] = graph
+            # The graph writes into the backend's work arrays: keep them alive with it.
+            graphs[m] = (graph, self.model.backend._work.live())
             graph.launch()                  # this step is the one just captured
             return
-        entry.launch()
+        entry[0].launch()
         self.optimizer.steps += 1
 
     def _graphs_off(self, reason):
-        gemm_problem = getattr(self.model.backend, "gemm_problem", None)
-        if gemm_problem:
-            reason += f" (cuBLAS direct GEMM unavailable: {gemm_problem})"
         self.graphs_off_reason = reason
         self._graph_cache.clear()
-        logger.warning("gpubp: CUDA graph capture failed, training with eager launches: %s", reason)
+        logger.warning("gpubp: CUDA graphs off, training with eager launches: %s", reason)

@@ -203,18 +203,25 @@ def test_cuda_graphs_option_is_harmless_off_the_gpu(rng):
         gpubp.Trainer(gpubp.MLP([4, 2], backend="numpy"), cuda_graphs="yes")
 
 
-def _train_on_gpu(X, y, cuda_graphs, epochs=6):
+def _train_on_gpu(X, y, cuda_graphs, epochs=6, l2=0.01):
     model = gpubp.MLP([20, 48, 48, 5], activation="tanh", backend="cupy", seed=3)
-    trainer = gpubp.Trainer(model, optimizer=gpubp.optim.AdamW(3e-3), batch_size=64, l2=0.01,
+    trainer = gpubp.Trainer(model, optimizer=gpubp.optim.AdamW(3e-3), batch_size=64, l2=l2,
                             seed=1, cuda_graphs=cuda_graphs)
     history = trainer.fit(X, y, epochs=epochs, validation_data=(X[:50], y[:50]))
     return model, trainer, history
+
+
+def _needs_direct_gemm():
+    backend = gpubp.get_backend("cupy")
+    if backend._direct_gemm() is None:
+        pytest.skip(f"gpubp.cublas cannot run here: {backend.gemm_problem}")
 
 
 @requires_cupy
 def test_graph_replayed_training_equals_eager_training(rng):
     """Many steps, a partial last batch (1000 = 15 x 64 + 40), Adam's device step
     count, the device-side gather offset: replayed graphs end where eager launches do."""
+    _needs_direct_gemm()
     X, y = rng.normal(size=(1000, 20)).astype(np.float32), rng.integers(0, 5, size=1000)
     eager, _, h_eager = _train_on_gpu(X, y, cuda_graphs=False)
     graphed, trainer, h_graph = _train_on_gpu(X, y, cuda_graphs=True)
@@ -229,14 +236,46 @@ def test_graph_replayed_training_equals_eager_training(rng):
 
 
 @requires_cupy
+def test_changed_settings_get_graphs_of_their_own(rng):
+    _needs_direct_gemm()
+    X, y = rng.normal(size=(256, 20)).astype(np.float32), rng.integers(0, 5, size=256)
+    model, trainer, _ = _train_on_gpu(X, y, cuda_graphs=True, epochs=2)
+    first = dict(next(iter(trainer._graph_cache.values())))
+    trainer.optimizer.lr = 1e-3                     # a learning-rate schedule, say
+    trainer.fit(X, y, epochs=2)
+    second = next(iter(trainer._graph_cache.values()))
+    assert len(trainer._graph_cache) == 1 and all(second[m] is not first[m] for m in first)
+
+
+@requires_cupy
 def test_graph_capture_falls_back_to_eager_with_a_reason(rng, monkeypatch, caplog):
+    """A step that reads the device back cannot be captured: the trainer says so once
+    and trains eagerly, to the same parameters."""
+    _needs_direct_gemm()
+    backend = gpubp.get_backend("cupy")
+    original = backend.l2_penalty
+
+    def l2_penalty_with_a_read_back(w, g, loss, l2, m):
+        backend.to_numpy(w[:1])                     # a device-to-host copy: illegal in capture
+        return original(w, g, loss, l2, m)
+
+    monkeypatch.setattr(backend, "l2_penalty", l2_penalty_with_a_read_back)
     X, y = rng.normal(size=(300, 20)).astype(np.float32), rng.integers(0, 5, size=300)
     eager, _, _ = _train_on_gpu(X, y, cuda_graphs=False, epochs=3)
-    backend = gpubp.get_backend("cupy")
-    monkeypatch.setattr(backend, "_direct_gemm", lambda: None)   # CuPy's matmul cannot be captured
     with caplog.at_level("WARNING", logger="gpubp"):
         model, trainer, _ = _train_on_gpu(X, y, cuda_graphs=True, epochs=3)
-    assert trainer.graphs_off_reason and "graph capture failed" in caplog.text
+    assert trainer.graphs_off_reason
+    assert len([r for r in caplog.records if "CUDA graphs off" in r.getMessage()]) == 1
     np.testing.assert_allclose(model.backend.to_numpy(model.params),
                                eager.backend.to_numpy(eager.params), rtol=1e-5, atol=1e-6)
-    assert trainer.optimizer.steps == 3 * 5
+    assert trainer.optimizer.steps == 3 * 5 == int(trainer.optimizer.step_count[0])
+
+
+@requires_cupy
+def test_graphs_need_the_direct_gemm(rng, monkeypatch, caplog):
+    backend = gpubp.get_backend("cupy")
+    monkeypatch.setattr(backend, "_direct_gemm", lambda: None)
+    X, y = rng.normal(size=(200, 20)).astype(np.float32), rng.integers(0, 5, size=200)
+    with caplog.at_level("WARNING", logger="gpubp"):
+        _, trainer, history = _train_on_gpu(X, y, cuda_graphs=True, epochs=2)
+    assert "gpubp.cublas" in trainer.graphs_off_reason and len(history["loss"]) == 2

@@ -8,6 +8,9 @@ Scalars passed to raw kernels are NumPy scalars of the kernel's C types
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from .. import kernels
@@ -33,7 +36,7 @@ class CupyBackend:
         self._unused_labels = cupy.zeros(1, dtype=np.int32)
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
         self._work = WorkArrays(cupy)
-        self._gemm = None
+        self._local = threading.local()             # this thread's Gemm, capture flag
         self.gemm_problem = None
 
     # -- moving arrays -----------------------------------------------------
@@ -51,31 +54,47 @@ class CupyBackend:
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
         """out = op(a) @ op(b) through cuBLAS, op a transpose where asked.
 
-        Through gpubp.cublas (capturable in a CUDA graph) where libcublas loads,
-        else cupy.matmul; tf32 runs on the tensor cores and needs gpubp.cublas;
-        bf16 rounds the operands first (gpubp/precision.py) and multiplies in fp32.
+        cupy.matmul, except for tf32 (tensor cores) and inside ``capturable()``
+        (CUDA-graph capture), which go through gpubp.cublas. bf16 rounds the
+        operands first (gpubp/precision.py) and multiplies in fp32.
         """
-        gemm = self._direct_gemm()
+        direct = precision == "tf32" or getattr(self._local, "capturable", False)
+        gemm = self._direct_gemm() if direct else None
+        if direct and gemm is None:
+            raise BackendUnavailableError(
+                f"precision {precision!r} or CUDA-graph capture needs cuBLAS: {self.gemm_problem}")
         if precision == "tf32":
-            if gemm is None:
-                raise BackendUnavailableError(f"precision 'tf32' needs cuBLAS: {self.gemm_problem}")
             return gemm(a, b, out, transa=transa, transb=transb, precision="tf32")
         a, b = round_operands(self.xp, self._work, a, b, precision)
         if gemm is not None:
             return gemm(a, b, out, transa=transa, transb=transb)
         return self._cupy.matmul(a.T if transa else a, b.T if transb else b, out=out)
 
+    @contextlib.contextmanager
+    def capturable(self):
+        """Within this block (this thread), every product goes through gpubp.cublas,
+        whose calls a CUDA graph can capture (CuPy refuses its own cuBLAS calls
+        while a stream captures). Warm-up steps must run inside it too, so that
+        the workspace for the stream exists before capture."""
+        before = getattr(self._local, "capturable", False)
+        self._local.capturable = True
+        try:
+            yield self
+        finally:
+            self._local.capturable = before
+
     def _direct_gemm(self):
-        """gpubp.cublas.Gemm, which CUDA graphs can capture; None (and the reason
-        in ``gemm_problem``) where libcublas cannot be loaded, and cupy.matmul serves."""
-        if self._gemm is None and self.gemm_problem is None:
+        """This thread's gpubp.cublas.Gemm; None (and the reason in
+        ``gemm_problem``) where libcublas cannot be loaded."""
+        gemm = getattr(self._local, "gemm", None)
+        if gemm is None and self.gemm_problem is None:
             try:
                 from ..cublas import Gemm
 
-                self._gemm = Gemm()
+                gemm = self._local.gemm = Gemm()
             except Exception as exc:
                 self.gemm_problem = f"{type(exc).__name__}: {exc}"
-        return self._gemm
+        return gemm
 
     # -- helpers ---------------------------------------------------------------
     def _blocks(self, n):

@@ -10,7 +10,6 @@ tests hold the two to each other.
 
 from __future__ import annotations
 
-import math
 import threading
 
 import numpy as np
@@ -31,6 +30,10 @@ class WorkArrays:
     def __init__(self, xp):
         self.xp = xp
         self._local = threading.local()
+
+    def live(self):
+        """The arrays handed out so far (a captured CUDA graph keeps them alive)."""
+        return list(getattr(self._local, "arrays", {}).values())
 
     def __call__(self, like, slot=0):
         """A work array of ``like``'s shape and dtype."""
@@ -221,8 +224,8 @@ class NumpyBackend:
     def gather_rows(self, src, order, offset, out):
         """out = src[order[offset : offset + m]] (kernels/gather_rows.cu); ``offset``
         is a 1-element int64 array."""
-        start = int(offset[0])
-        return self.xp.take(src, order[start:start + out.shape[0]], axis=0, out=out)
+        rows = self.xp.take(order, offset + self.xp.arange(out.shape[0]))   # no read-back
+        return self.xp.take(src, rows, axis=0, out=out)
 
     def advance_offset(self, offset, m):
         """offset += m (kernels/gather_rows.cu)."""
@@ -249,12 +252,12 @@ class NumpyBackend:
         """PyTorch's Adam/AdamW over the flat buffer (kernels/adam.cu). ``step``
         (int32, 1 element) counts the steps and is advanced here; ``coef``
         (float64, 2 elements) receives lr / (1 - beta1^t) and sqrt(1 - beta2^t)."""
-        step += 1
-        t_now = int(step[0])
-        coef[0] = lr / (1.0 - beta1 ** t_now)
-        coef[1] = math.sqrt(1.0 - beta2 ** t_now)
-        step_size, bc2_sqrt = float(coef[0]), float(coef[1])
         xp, t, s = self.xp, p.dtype.type, self._work(p)
+        step += 1                                      # array operations only: on CuPy
+        t_now = step.astype(np.float64)                # arrays nothing is read back
+        coef[0:1] = lr / (1.0 - xp.power(beta1, t_now))
+        coef[1:2] = xp.sqrt(1.0 - xp.power(beta2, t_now))
+        step_size, bc2_sqrt = coef[0:1].astype(p.dtype), coef[1:2].astype(p.dtype)
         xp.subtract(g, m, out=s)                       # m += (1 - beta1) (g - m)
         s *= t(1) - t(beta1)
         m += s
@@ -265,8 +268,8 @@ class NumpyBackend:
         if decay != 1.0:                               # AdamW: p *= 1 - lr weight_decay
             p *= t(decay)
         xp.sqrt(v, out=s)                              # p -= step_size m / (sqrt(v) / bc2_sqrt + eps)
-        s /= t(bc2_sqrt)
+        s /= bc2_sqrt
         s += t(eps)
         xp.divide(m, s, out=s)
-        s *= t(step_size)
+        s *= step_size
         p -= s

@@ -169,7 +169,13 @@ def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=pri
                     continue
                 subject, device, factory, clock, workloads = entry
                 log(f"  {config.name}: {subject} ...")
-                work = factory()
+                try:
+                    work = factory()
+                except Exception as exc:  # a peer that cannot run here is reported, not fatal
+                    results["skipped"].append({"config": config.name, "subject": subject,
+                                               "reason": f"{type(exc).__name__}: {exc}"})
+                    _free_gpu()
+                    continue
                 for workload in workloads:
                     timing = measure(getattr(work, workload), clock(), repeat=settings.repeat,
                                      warmup=1 if workload == "epoch" else settings.warmup,

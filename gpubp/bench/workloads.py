@@ -49,14 +49,22 @@ class GpubpWorkload:
 
         stream = cupy.cuda.Stream(non_blocking=True)
         cupy.cuda.Device().synchronize()
-        with stream:
+        with stream, self.model.backend.capturable():
             self._eager_step()
             stream.begin_capture()
+            failure = None
             try:
                 self._eager_step()
-            finally:
+            except Exception as exc:
+                failure = exc
+            try:
                 graph = stream.end_capture()
+            except Exception as exc:
+                failure = failure or exc
         stream.synchronize()
+        if failure is not None:
+            raise RuntimeError(f"the step could not be captured: {failure}") from failure
+        self._graph_refs = self.model.backend._work.live()
         return graph
 
     def forward(self):
