@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from . import _validation as v
+from .graphs import capture
 from .losses import resolve_loss
 from .model import MLP
 from .optim import Adam, Optimizer
@@ -238,18 +239,10 @@ class Trainer:
                 graphs[m] = "warm"
             return
         if entry == "warm":
-            stream, steps_before = self._stream, self.optimizer.steps
-            failure = None
-            stream.begin_capture()
+            steps_before = self.optimizer.steps
             try:
-                step()
-            except Exception as exc:
-                failure = exc
-            try:
-                graph = stream.end_capture()
-            except Exception as exc:
-                failure = failure or exc
-            if failure is not None:
+                graph = capture(self._stream, step)
+            except Exception as failure:
                 self.optimizer.steps = steps_before
                 self._graphs_off(f"{type(failure).__name__}: {failure}")
                 step()                      # the capture did not run it

@@ -279,3 +279,36 @@ def test_graphs_need_the_direct_gemm(rng, monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="gpubp"):
         _, trainer, history = _train_on_gpu(X, y, cuda_graphs=True, epochs=2)
     assert "gpubp.cublas" in trainer.graphs_off_reason and len(history["loss"]) == 2
+
+
+class _FakeStream:
+    """Records the capture calls; end_capture fails when told to."""
+
+    def __init__(self, end_fails=False):
+        self.calls, self.end_fails = [], end_fails
+
+    def begin_capture(self):
+        self.calls.append("begin")
+
+    def end_capture(self):
+        self.calls.append("end")
+        if self.end_fails:
+            raise RuntimeError("capture invalidated")
+        return "graph"
+
+
+def test_capture_ends_the_capture_and_keeps_the_first_error():
+    from gpubp.graphs import capture
+
+    s = _FakeStream()
+    assert capture(s, lambda: None) == "graph" and s.calls == ["begin", "end"]
+
+    def fails():
+        raise ValueError("the real cause")
+
+    s = _FakeStream(end_fails=True)
+    with pytest.raises(ValueError, match="the real cause"):
+        capture(s, fails)
+    assert s.calls == ["begin", "end"]
+    with pytest.raises(RuntimeError, match="invalidated"):
+        capture(_FakeStream(end_fails=True), lambda: None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..graphs import capture
 from ..model import MLP
 from ..optim import Adam
 from ..trainer import Trainer
@@ -49,22 +50,13 @@ class GpubpWorkload:
 
         stream = cupy.cuda.Stream(non_blocking=True)
         cupy.cuda.Device().synchronize()
-        with stream, self.model.backend.capturable():
-            self._eager_step()
-            stream.begin_capture()
-            failure = None
-            try:
+        try:
+            with stream, self.model.backend.capturable():
                 self._eager_step()
-            except Exception as exc:
-                failure = exc
-            try:
-                graph = stream.end_capture()
-            except Exception as exc:
-                failure = failure or exc
-        stream.synchronize()
-        if failure is not None:
-            raise RuntimeError(f"the step could not be captured: {failure}") from failure
-        self._graph_refs = self.model.backend._work.live()
+                graph = capture(stream, self._eager_step)
+        finally:
+            stream.synchronize()
+        self._graph_refs = self.model.backend._work.live()   # arrays the graph writes
         return graph
 
     def forward(self):
