@@ -9,14 +9,16 @@ from .losses import resolve_loss
 from .model import MLP
 
 
-def gradcheck(model, X, Y, loss=None, l2=0.0, eps=1e-5, floor=1e-4):
+def gradcheck(model, X, Y, loss=None, l2=0.0, eps=1e-5, floor=None):
     """The largest relative error between backprop's gradient and central differences.
 
     A float64 copy of ``model`` (same backend, same parameters) computes the
     analytic gradient of the batch objective, and for every parameter p the
     difference quotient (J(p + eps) - J(p - eps)) / 2 eps. Each error is
     ``|analytic - numeric| / max(|analytic|, |numeric|, floor)``: ``floor`` keeps
-    gradients that are zero up to rounding from dividing noise by noise.
+    gradients that are zero up to rounding from dividing noise by noise. The
+    difference quotient's rounding noise grows with the loss J, so the default
+    floor is 1e-4 * max(1, |J|).
     ``model`` itself is left untouched.
     """
     if not isinstance(model, MLP):
@@ -24,14 +26,17 @@ def gradcheck(model, X, Y, loss=None, l2=0.0, eps=1e-5, floor=1e-4):
     loss, kind = resolve_loss(model.output, loss)
     l2 = v.check_real("l2", l2, low=0.0)
     eps = v.check_real("eps", eps, low=0.0, low_open=True)
-    floor = v.check_real("floor", floor, low=0.0, low_open=True)
+    if floor is not None:
+        floor = v.check_real("floor", floor, low=0.0, low_open=True)
 
     ref = MLP(model.layer_sizes, model.activation, model.output, backend=model.backend,
               dtype="float64")
     ref.set_params(model.get_params())
     Xd, dense, labels = ref._device_data(X, Y, loss)
     m = Xd.shape[0]
-    ref.loss_and_grads(Xd, dense if dense is not None else labels, loss, l2)
+    J, _ = ref.loss_and_grads(Xd, dense if dense is not None else labels, loss, l2)
+    if floor is None:
+        floor = 1e-4 * max(1.0, abs(J))
     analytic = ref.backend.to_numpy(ref.grads).copy()
 
     def objective():
