@@ -21,9 +21,26 @@ def test_gradients_match_central_differences(backend, rng, activation, output, l
     # Random biases: with zero biases a dead relu row puts the next layer's z
     # exactly on the kink at 0, where no derivative exists to compare with.
     model.set_params([(W, rng.normal(scale=0.5, size=b.shape)) for W, b in model.get_params()])
-    X = rng.normal(size=(7, 4))
+    X = _away_from_kinks(rng, model, activation, size=(7, 4))
     Y = random_targets(rng, 7, 3, output, loss)
     assert gpubp.gradcheck(model, X, Y, loss=loss, l2=l2) < GRADCHECK_TOL
+
+
+def _away_from_kinks(rng, model, activation, size):
+    """Random X whose hidden pre-activations all lie 1e-3 or more from relu's kink,
+    so that no central difference (step 1e-5) straddles it; any X for smooth g."""
+    for _ in range(100):
+        X = rng.normal(size=size)
+        if activation not in ("relu", "leaky_relu"):
+            return X
+        a, nearest = X, np.inf
+        for W, b in model.get_params()[:-1]:
+            z = a @ W + b
+            nearest = min(nearest, np.abs(z).min())
+            a = np.maximum(z, 0) if activation == "relu" else np.where(z > 0, z, 0.01 * z)
+        if nearest > 1e-3:
+            return X
+    raise AssertionError("no X away from the kinks in 100 draws")
 
 
 def test_gradcheck_of_float32_model_runs_in_float64(backend, rng):
