@@ -121,6 +121,8 @@ class Trainer:
         offset = self._persistent("offset", (1,), np.int64)
         loss_sum = self._persistent("loss_sum", (), np.float64)
         graphs = self._graphs_for(X, targets)
+        steps = {m: self._step_fn(X, targets, dense is not None, m, order, offset, loss_sum)
+                 for m in set(sizes)}
         history = {"loss": []}
         if val is not None:
             history["val_loss"] = []
@@ -137,11 +139,10 @@ class Trainer:
                 else:
                     order[...] = xp.arange(n, dtype=np.int64)
                 for m in sizes:
-                    step = self._step_fn(X, targets, dense is not None, m, order, offset, loss_sum)
                     if graphs is None:
-                        step()
+                        steps[m]()
                     else:
-                        self._replay(graphs, m, step)
+                        self._replay(graphs, m, steps[m])
                 self.epochs_done += 1
 
                 figures = [loss_sum]

@@ -224,7 +224,10 @@ class NumpyBackend:
     def gather_rows(self, src, order, offset, out):
         """out = src[order[offset : offset + m]] (kernels/gather_rows.cu); ``offset``
         is a 1-element int64 array."""
-        rows = self.xp.take(order, offset + self.xp.arange(out.shape[0]))   # no read-back
+        start = int(offset[0])                         # on CuPy arrays a read-back; the
+        rows = order[start:start + out.shape[0]]       # unfused GPU path never gathers
+        if self.xp is np:                              # rows are in range; NumPy's default
+            return np.take(src, rows, axis=0, out=out, mode="clip")   # mode copies out first
         return self.xp.take(src, rows, axis=0, out=out)
 
     def advance_offset(self, offset, m):
