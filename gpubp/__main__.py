@@ -20,6 +20,8 @@ def main(argv=None):
     demo.add_argument("--dtype", default="float32")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--verbose", action="store_true", help="print every epoch")
+    demo.add_argument("--progress", action="store_true",
+                      help="a progress bar over the epochs (needs tqdm: the progress extra)")
 
     bench = sub.add_parser("bench", help="time training on NumPy and CuPy beside PyTorch and the GEMM floor")
     bench.add_argument("--config", action="append", metavar="NAME",
@@ -48,8 +50,8 @@ def main(argv=None):
             model, history, accuracy, seconds = run_digits(
                 backend=args.backend, epochs=args.epochs, batch_size=args.batch_size,
                 hidden=args.hidden, activation=args.activation, lr=args.lr, dtype=args.dtype,
-                seed=args.seed, verbose=args.verbose)
-        except (ValueError, TypeError, RuntimeError) as exc:
+                seed=args.seed, verbose=args.verbose, progress=args.progress)
+        except (ValueError, TypeError, RuntimeError, ImportError) as exc:
             parser.exit(2, f"gpubp demo: error: {exc}\n")
         print(f"digits: {model}")
         print(f"backend {model.backend.name}, {args.epochs} epochs in {seconds:.2f} s, "

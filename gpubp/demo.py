@@ -28,14 +28,14 @@ def load_digits_split(seed=0, test_fraction=0.25):
 
 
 def run_digits(backend="auto", epochs=30, batch_size=32, hidden=64, activation="sigmoid",
-               lr=1e-2, dtype="float32", seed=0, verbose=False):
+               lr=1e-2, dtype="float32", seed=0, verbose=False, progress=False):
     X_train, X_test, y_train, y_test = load_digits_split(seed)
     model = MLP([64, hidden, 10], activation=activation, output="softmax", backend=backend,
                 dtype=dtype, seed=seed)
     trainer = Trainer(model, optimizer=Adam(lr), batch_size=batch_size, seed=seed)
     start = time.perf_counter()
     history = trainer.fit(X_train, y_train, epochs=epochs, validation_data=(X_test, y_test),
-                          verbose=verbose)
+                          verbose=verbose, progress=progress)
     seconds = time.perf_counter() - start
     accuracy = model.evaluate(X_test, y_test)["accuracy"]
     return model, history, accuracy, seconds

@@ -42,6 +42,16 @@ def epoch_permutation(xp, n: int, seed: int, epoch: int):
     return xp.argsort(z)
 
 
+def _tqdm():
+    """tqdm's progress bar class, or a clear error before any training."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True draws its bar with tqdm, which is not installed: "
+                          "pip install tqdm (or gpubp's progress extra)") from None
+    return tqdm
+
+
 class Trainer:
     """Trains an :class:`MLP` by mini-batch backpropagation.
 
@@ -85,19 +95,26 @@ class Trainer:
         self._graph_cache = {}              # data set -> {batch size: "warm" | CUDA graph}
         self._stream = None
 
-    def fit(self, X, Y, epochs=1, shuffle=True, validation_data=None, verbose=False):
+    def fit(self, X, Y, epochs=1, shuffle=True, validation_data=None, verbose=False,
+            progress=False):
         """Train for ``epochs`` passes over (X, Y); returns the history dict.
 
         ``history["loss"]`` holds each epoch's mean training objective (each
         batch's loss, taken before its update, weighted by its size); with
         ``validation_data=(X_val, Y_val)`` also ``val_loss`` and, for softmax and
         sigmoid outputs, ``val_accuracy``. A last partial batch is trained on as
-        a batch of its own size. Everything is validated before training starts.
+        a batch of its own size. ``verbose=True`` prints each epoch's figures;
+        ``progress=True`` shows a tqdm progress bar over the epochs with the
+        latest figures (the ``progress`` extra installs tqdm). Both update once
+        per epoch, when the host reads the figures back anyway. Everything is
+        validated before training starts.
         """
         model = self.model
         epochs = v.check_positive_int("epochs", epochs)
-        if not isinstance(shuffle, bool):
-            raise TypeError(f"shuffle must be True or False; got {shuffle!r}")
+        for name, flag in (("shuffle", shuffle), ("verbose", verbose), ("progress", progress)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False; got {flag!r}")
+        bar_class = _tqdm() if progress else None
         X, dense, labels = model._device_data(X, Y, self.loss)
         val = None
         if validation_data is not None:
@@ -106,9 +123,16 @@ class Trainer:
             val = model._device_data(validation_data[0], validation_data[1], self.loss,
                                      names=("validation_data[0] (X_val)", "validation_data[1] (Y_val)"))
 
-        return self._train(X, dense, labels, val, epochs, shuffle, verbose)
+        bar = None
+        if bar_class is not None:
+            bar = bar_class(total=epochs, unit="epoch", desc=f"gpubp {model.backend.name}")
+        try:
+            return self._train(X, dense, labels, val, epochs, shuffle, verbose, bar)
+        finally:
+            if bar is not None:
+                bar.close()
 
-    def _train(self, X, dense, labels, val, epochs, shuffle, verbose=False):
+    def _train(self, X, dense, labels, val, epochs, shuffle, verbose=False, bar=None):
         """The epochs themselves, on validated device data."""
         model = self.model
         xp = model.xp
@@ -158,9 +182,14 @@ class Trainer:
                     history["val_loss"].append(float(host[1]) / n_val)
                     if len(host) > 2:
                         history["val_accuracy"].append(float(host[2]) / n_val)
+                if bar is not None:
+                    bar.set_postfix({k: f"{vals[-1]:.4g}" for k, vals in history.items()},
+                                    refresh=False)
+                    bar.update()
                 if verbose:
                     shown = ", ".join(f"{k} {vals[-1]:.4f}" for k, vals in history.items())
-                    print(f"epoch {self.epochs_done}: {shown} ({time.perf_counter() - start:.2f} s)")
+                    line = f"epoch {self.epochs_done}: {shown} ({time.perf_counter() - start:.2f} s)"
+                    bar.write(line) if bar is not None else print(line)
         return history
 
     # -- one step ----------------------------------------------------------------

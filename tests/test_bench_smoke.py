@@ -43,8 +43,9 @@ def test_cli_runs_every_numpy_path_and_the_json_holds_every_printed_figure(tmp_p
     assert {("gpubp-numpy", w) for w in ("forward", "step", "epoch")} <= timed
     assert {("floor-numpy", "forward"), ("floor-numpy", "step")} <= timed
     reported = {s for s, _ in timed} | {s["subject"] for s in results["skipped"]}
-    assert reported >= {"gpubp-numpy", "floor-numpy", "torch-cpu", "gpubp-cupy", "gpubp-cupy-graph",
-                        "gpubp-cupy-unfused", "floor-cupy", "torch-cuda", "torch-cuda-graph"}
+    assert reported >= {"gpubp-numpy", "floor-numpy", "torch-cpu", "floor-torch-cpu", "gpubp-cupy",
+                        "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-cupy", "torch-cuda",
+                        "torch-cuda-graph", "floor-torch-cuda"}
     for m in results["measurements"]:
         assert 0 < m["min_us"] <= m["median_us"] <= m["max_us"] and m["repeats"] >= 2
     # Every row the table prints comes from the JSON, figure for figure.
@@ -91,6 +92,36 @@ def test_flop_count_of_a_step():
     # forward 2*5*3*4 + 2*5*4*2; dW the same; dX only for the second layer: 2*5*2*4.
     assert c.flops("forward") == 120 + 80
     assert c.flops("step") == 2 * (120 + 80) + 80
+
+
+@pytest.mark.parametrize("floor_kind", ["numpy", "torch"])
+def test_the_floors_compute_the_steps_products(floor_kind):
+    """Each floor does the step's GEMMs, shape for shape: checked against float64."""
+    import numpy as np
+
+    from gpubp import get_backend
+    from gpubp.bench.workloads import GemmFloor
+
+    c = Config("x", (7, 5, 6, 3), 4)
+    if floor_kind == "torch":
+        pytest.importorskip("torch")
+        from gpubp.bench.torch_peer import TorchGemmFloor
+
+        floor = TorchGemmFloor(c, "cpu")
+        host = lambda a: a.numpy().astype(np.float64)  # noqa: E731
+    else:
+        floor = GemmFloor(c, get_backend("numpy"))
+        host = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    acts = [host(a) for a in floor.acts]
+    deltas = [None] + [host(d) for d in floor.deltas[1:]]
+    W = [host(w) for w in floor.W]
+    floor.step()
+    for i, w in enumerate(W):                      # the forward products chain
+        acts[i + 1] = acts[i] @ w
+        np.testing.assert_allclose(host(floor.acts[i + 1]), acts[i + 1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(host(floor.dW[i]), acts[i].T @ deltas[i + 1], rtol=1e-5, atol=1e-5)
+        if i > 0:
+            np.testing.assert_allclose(host(floor.errs[i]), deltas[i + 1] @ w.T, rtol=1e-5, atol=1e-5)
 
 
 def test_every_config_in_the_matrix_runs_on_numpy():

@@ -80,6 +80,40 @@ def test_history_and_validation(backend, rng):
     assert set(h) == {"loss", "val_loss"}
 
 
+def test_progress_bar_and_verbose_lines_show_the_history(backend, rng, capsys):
+    pytest.importorskip("tqdm")
+    X, y = rng.normal(size=(40, 5)), rng.integers(0, 3, size=40)
+    Xv, yv = rng.normal(size=(15, 5)), rng.integers(0, 3, size=15)
+
+    def fit(**flags):
+        model = gpubp.MLP([5, 7, 3], backend=backend, dtype="float64", seed=2)
+        history = gpubp.Trainer(model, batch_size=8, seed=3).fit(
+            X, y, epochs=3, validation_data=(Xv, yv), **flags)
+        return history, capsys.readouterr()
+
+    quiet, shown = fit()
+    assert shown.out == "" and shown.err == ""
+    history, shown = fit(progress=True, verbose=True)
+    assert history == quiet                      # the bar changes nothing it reports on
+    assert "3/3" in shown.err and f"val_accuracy={quiet['val_accuracy'][-1]:.4g}" in shown.err
+    lines = [l for l in (shown.out + shown.err).splitlines() if "epoch 3:" in l]
+    assert lines and f"loss {quiet['loss'][-1]:.4f}" in lines[0]
+
+
+def test_progress_without_tqdm_is_a_clear_error_before_training(rng, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    model = gpubp.MLP([3, 4, 2], backend="numpy", seed=0)
+    before = model.params.copy()
+    with pytest.raises(ImportError, match="tqdm"):
+        gpubp.Trainer(model).fit(rng.normal(size=(6, 3)), rng.integers(0, 2, size=6), progress=True)
+    np.testing.assert_array_equal(model.params, before)
+    with pytest.raises(TypeError, match="progress"):
+        gpubp.Trainer(model).fit(rng.normal(size=(6, 3)), rng.integers(0, 2, size=6), progress=1)
+
+
 def test_sigmoid_outputs_report_accuracy_over_every_output(backend, rng):
     X = rng.normal(size=(30, 3))
     Y = (rng.uniform(size=(30, 2)) > 0.5).astype(float)

@@ -6,8 +6,9 @@ import json
 
 from .run import RATIOS, WORKLOADS
 
-SUBJECT_ORDER = ["gpubp-numpy", "floor-numpy", "torch-cpu", "gpubp-cupy", "gpubp-cupy-graph",
-                 "gpubp-cupy-unfused", "floor-cupy", "torch-cuda", "torch-cuda-graph"]
+SUBJECT_ORDER = ["gpubp-numpy", "floor-numpy", "torch-cpu", "floor-torch-cpu", "gpubp-cupy",
+                 "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-cupy", "torch-cuda",
+                 "torch-cuda-graph", "floor-torch-cuda"]
 
 
 def fmt(x):

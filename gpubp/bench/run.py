@@ -14,7 +14,7 @@ import numpy as np
 from .. import __version__
 from ..backends import BackendUnavailableError, available_backends, get_backend, plain_cupy_backend
 from .timing import CupyEvents, HostClock, TorchEvents, measure
-from .torch_peer import TorchWorkload, torch_version
+from .torch_peer import TorchGemmFloor, TorchWorkload, torch_version
 from .workloads import GemmFloor, GpubpWorkload
 
 WORKLOADS = ("forward", "step", "epoch")
@@ -93,7 +93,7 @@ def plan(config, backend, settings, explicit=()):
     if backend == "numpy":
         if not config.cpu_by_default and config.name not in explicit:
             reason = f"the CPU runs {config.name} only when asked for by name (--config {config.name})"
-            return [("gpubp-numpy", reason), ("floor-numpy", reason), ("torch-cpu", reason)]
+            return [(s, reason) for s in ("gpubp-numpy", "floor-numpy", "torch-cpu", "floor-torch-cpu")]
         numpy = get_backend("numpy")
         out = [
             ("gpubp-numpy", "cpu", lambda: GpubpWorkload(config, numpy, n_batches, precision),
@@ -106,8 +106,12 @@ def plan(config, backend, settings, explicit=()):
             out.append(("torch-cpu", "cpu",
                         lambda: TorchWorkload(config, "cpu", params(), n_batches, precision=precision),
                         HostClock, WORKLOADS))
+            out.append(("floor-torch-cpu", "cpu",
+                        lambda: TorchGemmFloor(config, "cpu", precision), HostClock,
+                        ("forward", "step")))
         else:
-            out.append(("torch-cpu", "PyTorch is not installed" if settings.use_torch else "--no-torch"))
+            reason = "PyTorch is not installed" if settings.use_torch else "--no-torch"
+            out += [("torch-cpu", reason), ("floor-torch-cpu", reason)]
         return out
     # cupy, and PyTorch on the GPU whether or not CuPy works
     out = []
@@ -138,11 +142,14 @@ def plan(config, backend, settings, explicit=()):
                     lambda: TorchWorkload(config, "cuda", params(), n_batches, graph=True,
                                           precision=precision),
                     TorchEvents, ("step",)))
+        out.append(("floor-torch-cuda", "gpu",
+                    lambda: TorchGemmFloor(config, "cuda", precision), TorchEvents,
+                    ("forward", "step")))
     else:
         reason = ("--no-torch" if not settings.use_torch else
                   "PyTorch is not installed" if torch_version() is None else
                   "PyTorch sees no CUDA device")
-        out += [("torch-cuda", reason), ("torch-cuda-graph", reason)]
+        out += [(s, reason) for s in ("torch-cuda", "torch-cuda-graph", "floor-torch-cuda")]
     return out
 
 
@@ -203,6 +210,10 @@ RATIOS = [  # (name, numerator subject, denominator subject): ratios of medians
     ("fused_speedup_over_unfused", "gpubp-cupy-unfused", "gpubp-cupy"),
     ("numpy_over_torch_cpu", "gpubp-numpy", "torch-cpu"),
     ("numpy_over_floor", "gpubp-numpy", "floor-numpy"),
+    ("torch_cuda_over_its_floor", "torch-cuda", "floor-torch-cuda"),
+    ("torch_cpu_over_its_floor", "torch-cpu", "floor-torch-cpu"),
+    ("cupy_floor_over_torch_floor", "floor-cupy", "floor-torch-cuda"),
+    ("numpy_floor_over_torch_floor", "floor-numpy", "floor-torch-cpu"),
 ]
 
 

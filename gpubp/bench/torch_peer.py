@@ -116,3 +116,46 @@ class TorchWorkload:
             loss = self._step(self.X[idx], self.Y[idx])
             total += loss.detach() * idx.shape[0]
         return float(total) / n
+
+
+class TorchGemmFloor:
+    """PyTorch's GEMMs of a forward pass or training step alone, the same shapes
+    in the same order as :class:`gpubp.bench.workloads.GemmFloor`: the part of
+    PyTorch's step that no framework overhead is in. Beside ``floor-numpy`` or
+    ``floor-cupy`` it tells the GEMM library's share of a gap from the rest's.
+    In "tf32" PyTorch's CUDA matmuls may use TF32; in "bf16" the operands are
+    bfloat16 (bf16 outputs: what autocast's products do)."""
+
+    def __init__(self, config, device, precision="float32"):
+        import torch
+
+        self.config = config
+        if device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        gen = torch.Generator().manual_seed(1)
+
+        def rand(*shape):
+            return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+
+        m, sizes = config.batch, config.layers
+        self.acts = [rand(m, n) for n in sizes]
+        self.deltas = [None] + [rand(m, n) for n in sizes[1:]]
+        self.errs = [rand(m, n) for n in sizes]
+        self.W = [rand(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.dW = [self.W[i].new_empty(w.shape) for i, w in enumerate(self.W)]
+        self.mm = torch.mm
+
+    def forward(self):
+        for i, w in enumerate(self.W):
+            self.mm(self.acts[i], w, out=self.acts[i + 1])
+
+    def step(self):
+        mm = self.mm
+        for kind, i, _ in self.config.gemm_shapes():
+            if kind == "forward":
+                mm(self.acts[i], self.W[i], out=self.acts[i + 1])
+            elif kind == "dW":
+                mm(self.acts[i].t(), self.deltas[i + 1], out=self.dW[i])
+            else:
+                mm(self.deltas[i + 1], self.W[i].t(), out=self.errs[i])
