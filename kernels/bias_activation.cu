@@ -11,8 +11,14 @@ template <typename T, int ACT>
 __global__ void bias_activation(T* __restrict__ z, const T* __restrict__ b,
                                 long long n, int cols) {
     const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        z[i] = gpubp_activate<ACT>(z[i] + b[i % cols]);
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    // The column j = i mod cols, kept up to date without a division per element.
+    int j = (int)(i % cols);
+    const int dj = (int)(stride % cols);
+    for (; i < n; i += stride) {
+        z[i] = gpubp_activate<ACT>(z[i] + b[j]);
+        j += dj;
+        if (j >= cols) j -= cols;
     }
 }
 

@@ -4,9 +4,12 @@
 //
 // Two deterministic passes (no atomics, so a run repeats bit for bit):
 //   bias_grad_partial: a (32, 8) block covers 32 adjacent columns, so each warp
-//     reads 128 contiguous bytes of a row; its 8 row lanes stride down the rows
-//     of the block's share and are summed in shared memory in a fixed order.
-//     Block row y writes partial[y, j]. With one block row, partial is db itself.
+//     reads 128 contiguous bytes of a row. Block row y's row lane r takes the
+//     rows i = 8 y + r, i + S, i + 2S, ... (S = 8 gridDim.y) into four
+//     accumulators in turn (four loads in flight per thread), adds them as
+//     (a0 + a1) + (a2 + a3), and the 8 lanes are summed in shared memory in a
+//     fixed order. Block row y writes partial[y, j]. With one block row,
+//     partial is db itself.
 //   bias_grad_finish: db[j] = sum_y partial[y, j]: a (32, 32) block covers 32
 //     columns; lane l sums the rows y = l, l + 32, ... in order, then the 32
 //     lane sums are added in order of l.
@@ -20,14 +23,19 @@ __global__ void bias_grad_partial(const T* __restrict__ delta, T* __restrict__ p
                                   int rows, int cols) {
     __shared__ T lanes[8][32];
     const int col = blockIdx.x * 32 + threadIdx.x;
-    T acc = T(0);
+    const long long step = (long long)gridDim.y * 8;
+    T a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
     if (col < cols) {
-        for (long long i = (long long)blockIdx.y * 8 + threadIdx.y; i < rows;
-             i += (long long)gridDim.y * 8) {
-            acc += delta[i * cols + col];
+        long long i = (long long)blockIdx.y * 8 + threadIdx.y;
+        for (; i + 3 * step < rows; i += 4 * step) {
+            a0 += delta[i * cols + col];
+            a1 += delta[(i + step) * cols + col];
+            a2 += delta[(i + 2 * step) * cols + col];
+            a3 += delta[(i + 3 * step) * cols + col];
         }
+        for (; i < rows; i += step) a0 += delta[i * cols + col];
     }
-    lanes[threadIdx.y][threadIdx.x] = acc;
+    lanes[threadIdx.y][threadIdx.x] = (a0 + a1) + (a2 + a3);
     __syncthreads();
     if (threadIdx.y == 0 && col < cols) {
         T total = T(0);

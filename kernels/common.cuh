@@ -62,7 +62,9 @@ __device__ __forceinline__ double gpubp_warp_sum(double v) {
 
 // Sum v over the block and add the total to *acc with one atomic per block.
 // Every thread of the block must call it (it holds a barrier); blockDim.x is
-// a multiple of 32 and at most 1024.
+// a multiple of 32 and at most 1024. The blocks' order of arrival varies, so
+// a sum made this way (the loss figures, in double) can differ in its last
+// bits from run to run; no parameter or gradient is summed this way.
 __device__ __forceinline__ void gpubp_block_sum_into(double v, double* acc) {
     __shared__ double warp_totals[32];
     const int lane = threadIdx.x & 31;

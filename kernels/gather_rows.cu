@@ -8,17 +8,19 @@
 // at the start of the epoch; src is float, double (inputs, one-hot targets) or
 // int (class labels, cols = 1).
 // NumPy reference: NumpyBackend.gather_rows and NumpyBackend.advance_offset.
+// A 2-D grid: threadIdx.x/blockIdx.x stride over the columns, threadIdx.y/
+// blockIdx.y over the rows, so no thread divides by cols.
 template <typename T>
 __global__ void gather_rows(const T* __restrict__ src, const long long* __restrict__ order,
                             const long long* __restrict__ offset, T* __restrict__ out,
                             int m, int cols) {
     const long long base = *offset;
-    const long long n = (long long)m * cols;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const long long i = k / cols;
-        const long long j = k - i * cols;
-        out[k] = src[order[base + i] * cols + j];
+    for (int i = blockIdx.y * blockDim.y + threadIdx.y; i < m; i += gridDim.y * blockDim.y) {
+        const T* row = src + order[base + i] * cols;
+        T* dst = out + (long long)i * cols;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
+            dst[j] = row[j];
+        }
     }
 }
 

@@ -96,3 +96,32 @@ def test_round_trip_and_contiguity(backend, rng):
     host = b.to_numpy(d)
     assert isinstance(host, np.ndarray)
     np.testing.assert_array_equal(host, a.astype(np.float32))
+
+
+def test_work_arrays_are_reused_and_the_least_recently_used_is_dropped():
+    from gpubp.backends.numpy_backend import WorkArrays
+
+    work = WorkArrays(np)
+    work.LIMIT = 3
+    a = work.empty((2, 3), np.float32)
+    assert work.empty((2, 3), np.float32) is a                 # same shape, dtype, slot
+    assert work.empty((2, 3), np.float64) is not a
+    assert work.empty((2, 3), np.float32, slot=1) is not a
+    work.empty((2, 3), np.float32)                             # a is now the most recent
+    work.empty((4,), np.float32)                               # drops the float64 array
+    assert len(work.live()) == 3 and any(x is a for x in work.live())
+    assert all(x.dtype == np.float32 for x in work.live())
+
+
+def test_pinned_work_arrays_are_never_dropped():
+    """A CUDA graph being captured records the addresses of its work arrays."""
+    from gpubp.backends.numpy_backend import WorkArrays
+
+    work = WorkArrays(np)
+    work.LIMIT = 2
+    with work.pinned():
+        handed = [work.empty((n,), np.float32) for n in range(1, 6)]
+        assert all(work.empty((n,), np.float32) is h for n, h in zip(range(1, 6), handed))
+    assert {id(x) for x in work.live()} == {id(h) for h in handed}
+    newest = work.empty((9,), np.float32)                      # unpinned: bounded again
+    assert len(work.live()) == 2 and work.live()[-1] is newest

@@ -98,10 +98,11 @@ DTYPES = ["float32", "float64"]
 @requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_bias_activation(both, rng, dtype, activation):
+@pytest.mark.parametrize("shape", [(37, 19), (4099, 300)])   # the second strides the grid
+def test_bias_activation(both, rng, dtype, activation, shape):
     cpb, npb = both
-    zc, zn = _pair(cpb, rng.normal(scale=3.0, size=(37, 19)).astype(dtype))
-    bc, bn = _pair(cpb, rng.normal(size=19).astype(dtype))
+    zc, zn = _pair(cpb, rng.normal(scale=3.0, size=shape).astype(dtype))
+    bc, bn = _pair(cpb, rng.normal(size=shape[1]).astype(dtype))
     cpb.bias_activation(zc, bc, activation)
     npb.bias_activation(zn, bn, activation)
     _check(cpb, zc, zn, dtype)
@@ -196,10 +197,11 @@ def test_bias_grad_repeats_bit_for_bit(both, rng):
 
 @requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_l2_penalty(both, rng, dtype):
+@pytest.mark.parametrize("n", [5000, 3_000_001])
+def test_l2_penalty(both, rng, dtype, n):
     cpb, npb = both
-    wc, wn = _pair(cpb, rng.normal(size=5000).astype(dtype))
-    gc, gn = _pair(cpb, rng.normal(size=5000).astype(dtype))
+    wc, wn = _pair(cpb, rng.normal(size=n).astype(dtype))
+    gc, gn = _pair(cpb, rng.normal(size=n).astype(dtype))
     lc, ln = _pair(cpb, np.full((), rng.uniform(1, 2)))
     cpb.l2_penalty(wc, gc, lc, 0.3, 17)
     npb.l2_penalty(wn, gn, ln, 0.3, 17)
@@ -241,10 +243,10 @@ def test_adam_kernel(both, rng, dtype, decay):
 
 @requires_cupy
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
-@pytest.mark.parametrize("cols", [1, 7, 64])
-def test_gather_rows_and_advance(both, rng, dtype, cols):
+@pytest.mark.parametrize("cols,n,m", [(1, 1000, 37), (7, 1000, 37), (64, 1000, 37),
+                                      (777, 7000, 2000)])      # the last strides the grid
+def test_gather_rows_and_advance(both, rng, dtype, cols, n, m):
     cpb, npb = both
-    n, m = 1000, 37
     src = (rng.normal(size=(n, cols)) * 100).astype(dtype)
     if cols == 1 and dtype == "int32":
         src = src[:, 0].copy()                                   # labels are 1-D

@@ -75,11 +75,13 @@ class CupyBackend:
         """Within this block (this thread), every product goes through gpubp.cublas,
         whose calls a CUDA graph can capture (CuPy refuses its own cuBLAS calls
         while a stream captures). Warm-up steps must run inside it too, so that
-        the workspace for the stream exists before capture."""
+        the workspace for the stream exists before capture. No work array is
+        dropped within it: a graph keeps the addresses it was captured with."""
         before = getattr(self._local, "capturable", False)
         self._local.capturable = True
         try:
-            yield self
+            with self._work.pinned():
+                yield self
         finally:
             self._local.capturable = before
 
@@ -121,7 +123,7 @@ class CupyBackend:
             "softmax_cross_entropy", f"softmax_cross_entropy<{self._t(z.dtype)}, {target}>"
         )
         fn(
-            ((rows + warps - 1) // warps,),
+            (max(1, (rows + warps - 1) // warps),),
             (_THREADS,),
             (z, y, labels, delta, loss, np.int32(rows), np.int32(k), z.dtype.type(scale)),
         )
@@ -154,8 +156,9 @@ class CupyBackend:
         rows, cols = delta.shape
         t = self._t(delta.dtype)
         grid_x = (cols + 31) // 32
-        # Block rows of about 256 rows each, up to some 4 blocks per SM in all.
-        grid_y = max(1, min((rows + 255) // 256, (4 * self._sms) // grid_x))
+        # Up to one block row per 256 rows and some 16 blocks per SM in all, so
+        # that a tall matrix (262144 x 64) keeps enough loads in flight.
+        grid_y = max(1, min((rows + 255) // 256, (16 * self._sms) // grid_x, 65535))
         partial = out if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
         kernels.function("bias_grad", f"bias_grad_partial<{t}>")(
             (grid_x, grid_y), (32, 8), (delta, partial, np.int32(rows), np.int32(cols)))
@@ -174,7 +177,7 @@ class CupyBackend:
         fn(
             (self._blocks(w.size),),
             (_THREADS,),
-            (w, g, loss, np.int64(w.size), t(l2 / m), t(0.5 * l2)),
+            (w, g, loss, np.int64(w.size), t(l2 / m), np.float64(0.5 * l2)),
         )
 
     # -- optimizers ------------------------------------------------------------
@@ -204,7 +207,11 @@ class CupyBackend:
         m = out.shape[0]
         cols = out.size // m if m else 1
         fn = kernels.function("gather_rows", f"gather_rows<{self._GATHER_TYPES[src.dtype]}>")
-        fn((self._blocks(out.size),), (_THREADS,), (src, order, offset, out, np.int32(m), np.int32(cols)))
+        bx = 32 if cols >= 32 else 1 << (cols - 1).bit_length()   # threads across a row
+        by = _THREADS // bx
+        gx = (cols + bx - 1) // bx
+        gy = max(1, min((m + by - 1) // by, max(1, self._max_blocks // gx), 65535))
+        fn((gx, gy), (bx, by), (src, order, offset, out, np.int32(m), np.int32(cols)))
         return out
 
     def advance_offset(self, offset, m):

@@ -10,7 +10,9 @@ tests hold the two to each other.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -22,33 +24,51 @@ LEAKY_SLOPE = 0.01
 class WorkArrays:
     """Work arrays kept from call to call, by shape, dtype and slot, so that a
     training step allocates nothing after its first call. Per thread (never
-    shared between two trainings) and bounded (many evaluation sizes would
-    otherwise pile up)."""
+    shared between two trainings) and bounded: past ``LIMIT`` arrays the least
+    recently used one is dropped (many evaluation sizes would otherwise pile
+    up), except while ``pinned``: a CUDA graph being captured records the
+    addresses of the arrays it is handed, which must then stay alive."""
 
-    LIMIT = 32
+    LIMIT = 64
 
     def __init__(self, xp):
         self.xp = xp
         self._local = threading.local()
 
+    def _arrays(self):
+        arrays = getattr(self._local, "arrays", None)
+        if arrays is None:
+            arrays = self._local.arrays = OrderedDict()
+        return arrays
+
     def live(self):
-        """The arrays handed out so far (a captured CUDA graph keeps them alive)."""
-        return list(getattr(self._local, "arrays", {}).values())
+        """The arrays held now (a captured CUDA graph keeps them alive)."""
+        return list(self._arrays().values())
+
+    @contextlib.contextmanager
+    def pinned(self):
+        """No array is dropped within this block (this thread)."""
+        self._local.pins = getattr(self._local, "pins", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.pins -= 1
 
     def __call__(self, like, slot=0):
         """A work array of ``like``'s shape and dtype."""
         return self.empty(like.shape, like.dtype, slot)
 
     def empty(self, shape, dtype, slot=0):
-        arrays = getattr(self._local, "arrays", None)
-        if arrays is None:
-            arrays = self._local.arrays = {}
+        arrays = self._arrays()
         key = (tuple(shape), np.dtype(dtype).str, slot)
         buf = arrays.get(key)
         if buf is None:
-            if len(arrays) >= self.LIMIT:
-                arrays.clear()
+            if not getattr(self._local, "pins", 0):
+                while len(arrays) >= self.LIMIT:
+                    arrays.popitem(last=False)
             buf = arrays[key] = self.xp.empty(shape, dtype=dtype)
+        else:
+            arrays.move_to_end(key)
         return buf
 
 
@@ -214,10 +234,14 @@ class NumpyBackend:
         return self.xp.sum(delta, axis=0, out=out)
 
     def l2_penalty(self, w, g, loss, l2, m):
-        """g += (l2 / m) w; loss += (l2 / 2) sum w^2 (kernels/l2_penalty.cu)."""
-        loss += 0.5 * l2 * self.xp.dot(w, w)
-        s = self._work(w)
-        self.xp.multiply(w, w.dtype.type(l2 / m), out=s)
+        """g += (l2 / m) w; loss += (l2 / 2) sum w^2 (kernels/l2_penalty.cu).
+
+        Each w^2 in w's dtype; NumPy sums them pairwise in that dtype (the
+        kernel in double: they agree to about float32 rounding), which needs no
+        float64 copy of w."""
+        xp, s = self.xp, self._work(w)
+        loss += 0.5 * l2 * xp.sum(xp.multiply(w, w, out=s))
+        xp.multiply(w, w.dtype.type(l2 / m), out=s)
         g += s
 
     # -- the batch gather ------------------------------------------------------
