@@ -234,6 +234,9 @@ class Trainer:
                self.optimizer._hyperparameters(), self.l2, self._kind, self.model.precision)
         if key not in self._graph_cache:
             self._graph_cache = {key: {}}
+            # The graphs write into this optimizer's state: hold it, so that its
+            # id (in the key) cannot pass to another optimizer while they live.
+            self._graph_optimizer = self.optimizer
         return self._graph_cache[key]
 
     @contextlib.contextmanager
