@@ -83,11 +83,12 @@ def _bench(parser, args):
     settings = Settings(quick=args.quick, repeat=args.repeat, use_torch=not args.no_torch,
                         precision=args.precision)
     explicit = set(args.config or []) | {c.name for c in configs if c.name.startswith("custom-")}
+    # With --json, what is measured so far is written after each config.
     results = run(configs, backends, settings, explicit=explicit,
-                  log=lambda s: print(s, file=sys.stderr, flush=True))
+                  log=lambda s: print(s, file=sys.stderr, flush=True),
+                  on_config=(lambda r: write_json(r, args.json)) if args.json else None)
     print(table(results))
     if args.json:
-        write_json(results, args.json)
         print(f"wrote {args.json}")
     if args.plot:
         plot(results, args.plot)

@@ -39,6 +39,7 @@ def _bench(tmp_path, capsys, *extra):
 
 def test_cli_runs_every_numpy_path_and_the_json_holds_every_printed_figure(tmp_path, capsys):
     printed, results = _bench(tmp_path, capsys, "--config", "tiny", "--backend", "all")
+    assert results["complete"] and not list(tmp_path.glob("*.tmp"))
     timed = {(m["subject"], m["workload"]) for m in results["measurements"]}
     assert {("gpubp-numpy", w) for w in ("forward", "step", "epoch")} <= timed
     assert {("floor-numpy", "forward"), ("floor-numpy", "step")} <= timed
@@ -122,6 +123,19 @@ def test_the_floors_compute_the_steps_products(floor_kind):
         np.testing.assert_allclose(host(floor.dW[i]), acts[i].T @ deltas[i + 1], rtol=1e-5, atol=1e-5)
         if i > 0:
             np.testing.assert_allclose(host(floor.errs[i]), deltas[i + 1] @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_a_run_hands_over_what_it_measured_after_each_config():
+    """So that a run cut short (a time limit on a lent GPU) still leaves its figures."""
+    import copy
+
+    snapshots = []
+    configs = [Config("a", (5, 4, 3), 4), Config("b", (6, 3), 2)]
+    results = run(configs, ["numpy"], Settings(quick=True, repeat=1, use_torch=False),
+                  log=lambda s: None, on_config=lambda r: snapshots.append(copy.deepcopy(r)))
+    assert [s["complete"] for s in snapshots] == [False, True] and results["complete"]
+    assert {m["config"] for m in snapshots[0]["measurements"]} == {"a"}
+    assert snapshots[1]["measurements"] == results["measurements"]
 
 
 def test_every_config_in_the_matrix_runs_on_numpy():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from .run import RATIOS, WORKLOADS
 
@@ -77,8 +78,12 @@ def table(results):
 
 
 def write_json(results, path):
-    with open(path, "w") as f:
+    """Every figure as JSON, written whole or not at all (a run cut short while
+    writing leaves the previous file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
         json.dump(results, f, indent=1)
+    os.replace(tmp, path)
 
 
 def plot(results, path):

@@ -159,13 +159,17 @@ def _torch_cuda():
     return torch.cuda.is_available()
 
 
-def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=print):
-    """Time every (config, backend) pair; returns the JSON-ready results."""
+def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=print,
+        on_config=None):
+    """Time every (config, backend) pair; returns the JSON-ready results.
+    ``on_config(results)``, if given, is called after each config (so a run cut
+    short still leaves what it measured); ``results["complete"]`` says whether
+    every config was done."""
     settings = settings or Settings()
     results = {"meta": environment(), "settings": {"quick": settings.quick, "repeat": settings.repeat,
                                                     "budget_s": settings.budget_s,
                                                     "precision": settings.precision},
-               "configs": {}, "measurements": [], "skipped": [], "ratios": {}}
+               "complete": False, "configs": {}, "measurements": [], "skipped": [], "ratios": {}}
     for config in configs:
         results["configs"][config.name] = config.to_dict()
         for backend in backends:
@@ -196,6 +200,11 @@ def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=pri
                 _free_gpu()
         results["ratios"][config.name] = {
             w: ratios(results["measurements"], config.name, w) for w in WORKLOADS}
+        if config is configs[-1]:
+            results["complete"] = True
+        if on_config is not None:
+            on_config(results)
+    results["complete"] = True
     return results
 
 
