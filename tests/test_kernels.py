@@ -1,5 +1,7 @@
-"""Every CUDA kernel: compiled by nvcc and NVRTC where they exist, and, on a GPU,
-compared with the NumPy path (its readable definition) on fresh random inputs.
+"""Every CUDA kernel: compiled by nvcc and NVRTC where they exist, and compared
+with the NumPy path (its readable definition) on fresh random inputs, on a GPU
+and, anywhere with a host C++ compiler, emulated on the CPU through the CuPy
+backend's own launch code (tests/_cuda_emulator.py).
 
 Tolerance: max |cupy - numpy| / max |numpy| below 1e-5 in float32, 1e-12 in float64.
 """
@@ -10,7 +12,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from _helpers import ACTIVATIONS, max_rel_error, requires_cupy
+from _cuda_emulator import emulated_backend
+from _helpers import ACTIVATIONS, BACKENDS, PAIRS, max_rel_error, random_targets, requires_cupy
 from gpubp import kernels
 from gpubp.backends import get_backend
 
@@ -78,9 +81,18 @@ def test_activation_backward_preamble_compiles_with_nvrtc():
 
 # -- CuPy against NumPy ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def both():
-    return get_backend("cupy"), get_backend("numpy")
+@pytest.fixture(scope="module", params=["gpu", "emulated"])
+def both(request):
+    """The CuPy backend (on a GPU, or its launch code over NumPy arrays with the
+    kernels emulated on the CPU: tests/_cuda_emulator.py), and the NumPy backend."""
+    if request.param == "gpu":
+        if "cupy" not in BACKENDS:
+            pytest.skip("needs CuPy and a CUDA GPU")
+        return get_backend("cupy"), get_backend("numpy")
+    emulated = emulated_backend()
+    if emulated is None:
+        pytest.skip("no host C++ compiler to emulate the kernels with")
+    return emulated, get_backend("numpy")
 
 
 def _pair(cp_backend, a):
@@ -95,7 +107,6 @@ def _check(cp_backend, gpu, cpu, dtype):
 DTYPES = ["float32", "float64"]
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shape", [(37, 19), (4099, 300)])   # the second strides the grid
@@ -108,7 +119,6 @@ def test_bias_activation(both, rng, dtype, activation, shape):
     _check(cpb, zc, zn, dtype)
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_activation_backward(both, rng, dtype, activation):
@@ -123,7 +133,6 @@ def test_activation_backward(both, rng, dtype, activation):
     _check(cpb, ec, en, dtype)
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", [1, 10, 33, 100])
 @pytest.mark.parametrize("target", ["dense", "labels", "forward"])
@@ -151,7 +160,6 @@ def test_softmax_cross_entropy(both, rng, dtype, k, target):
     _check(cpb, lc, ln, dtype)
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["mse_identity", "mse_sigmoid", "bce_sigmoid"])
 def test_pointwise_loss(both, rng, dtype, kind):
@@ -169,7 +177,6 @@ def test_pointwise_loss(both, rng, dtype, kind):
     _check(cpb, lc, ln, dtype)
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (256, 10), (1000, 257), (262144, 64)])
 def test_bias_grad(both, rng, dtype, shape):
@@ -184,7 +191,6 @@ def test_bias_grad(both, rng, dtype, shape):
     assert max_rel_error(cpb.to_numpy(oc), exact) < tol
 
 
-@requires_cupy
 def test_bias_grad_repeats_bit_for_bit(both, rng):
     """No atomics: the same delta gives the same bits, however many block rows."""
     cpb, _ = both
@@ -195,7 +201,6 @@ def test_bias_grad_repeats_bit_for_bit(both, rng):
         np.testing.assert_array_equal(again, first)
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [5000, 3_000_001])
 def test_l2_penalty(both, rng, dtype, n):
@@ -209,7 +214,6 @@ def test_l2_penalty(both, rng, dtype, n):
     _check(cpb, lc, ln, dtype)
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_sgd_kernel(both, rng, dtype, momentum, nesterov):
@@ -223,7 +227,6 @@ def test_sgd_kernel(both, rng, dtype, momentum, nesterov):
     _check(cpb, bc, bn, dtype)
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("decay", [1.0, 0.999])
 def test_adam_kernel(both, rng, dtype, decay):
@@ -241,7 +244,6 @@ def test_adam_kernel(both, rng, dtype, decay):
         _check(cpb, c, n, dtype)
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
 @pytest.mark.parametrize("cols,n,m", [(1, 1000, 37), (7, 1000, 37), (64, 1000, 37),
                                       (777, 7000, 2000)])      # the last strides the grid
@@ -295,3 +297,29 @@ def test_fused_and_unfused_gpu_paths_train_alike(rng, activation):
         gpubp.Trainer(model, batch_size=10, l2=0.1).fit(X, y, epochs=3)
         params.append(model.backend.to_numpy(model.params))
     np.testing.assert_allclose(params[0], params[1], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("output,loss", PAIRS)
+def test_emulated_kernels_train_like_numpy(rng, activation, output, loss):
+    """The whole CuPy step (the trainer's gather at a device offset, every fused
+    kernel, Adam's device step count), its kernels emulated on the CPU, ends
+    where the NumPy backend does: float64, L2, a partial last batch."""
+    import gpubp
+
+    emulated = emulated_backend()
+    if emulated is None:
+        pytest.skip("no host C++ compiler to emulate the kernels with")
+    n = 45                                             # batches of 8 and a last one of 5
+    X = rng.normal(size=(n, 6))
+    Y = random_targets(rng, n, 3, output, loss, labels=loss == "cross_entropy")
+    results = []
+    for backend in (emulated, get_backend("numpy")):
+        model = gpubp.MLP([6, 7, 5, 3], activation=activation, output=output, backend=backend,
+                          dtype="float64", seed=4)
+        h = gpubp.Trainer(model, loss=loss, optimizer=gpubp.optim.AdamW(1e-2), batch_size=8,
+                          l2=0.1, seed=9).fit(X, Y, epochs=2, validation_data=(X[:9], Y[:9]))
+        results.append((np.asarray(model.params), h))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-10, atol=1e-12)
+    for key in results[1][1]:
+        np.testing.assert_allclose(results[0][1][key], results[1][1][key], rtol=1e-10)

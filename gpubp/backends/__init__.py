@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 
 from .numpy_backend import NumpyBackend
@@ -115,7 +116,8 @@ def _is_backend(obj) -> bool:
     """A backend object of gpubp's (NumpyBackend, CupyBackend, PlainCupyBackend)."""
     if isinstance(obj, NumpyBackend):
         return True
-    return type(obj).__name__ == "CupyBackend" and type(obj).__module__ == f"{__name__}.cupy_backend"
+    cupy_backend = sys.modules.get(f"{__name__}.cupy_backend")   # imported by now if obj is one
+    return cupy_backend is not None and isinstance(obj, cupy_backend.CupyBackend)
 
 
 def plain_cupy_backend():

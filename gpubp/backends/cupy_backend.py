@@ -36,6 +36,7 @@ class CupyBackend:
         self._unused_labels = cupy.zeros(1, dtype=np.int32)
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
         self._work = WorkArrays(cupy)
+        self._kernels = kernels                     # where the compiled kernels come from
         self._local = threading.local()             # this thread's Gemm, capture flag
         self.gemm_problem = None
 
@@ -109,7 +110,7 @@ class CupyBackend:
     # -- forward ------------------------------------------------------------
     def bias_activation(self, z, b, activation):
         code = kernels.ACTIVATION_CODES[activation]
-        fn = kernels.function("bias_activation", f"bias_activation<{self._t(z.dtype)}, {code}>")
+        fn = self._kernels.function("bias_activation", f"bias_activation<{self._t(z.dtype)}, {code}>")
         fn((self._blocks(z.size),), (_THREADS,), (z, b, np.int64(z.size), np.int32(z.shape[1])))
         return z
 
@@ -119,7 +120,7 @@ class CupyBackend:
         y = z if y is None else y
         labels = self._unused_labels if labels is None else labels
         loss = self._unused_loss if loss is None else loss
-        fn = kernels.function(
+        fn = self._kernels.function(
             "softmax_cross_entropy", f"softmax_cross_entropy<{self._t(z.dtype)}, {target}>"
         )
         fn(
@@ -138,7 +139,7 @@ class CupyBackend:
     _POINTWISE = {"mse_identity": 0, "mse_sigmoid": 1, "bce_sigmoid": 2}
 
     def pointwise_loss(self, z, y, kind, delta, loss, scale):
-        fn = kernels.function(
+        fn = self._kernels.function(
             "pointwise_loss", f"pointwise_loss<{self._t(z.dtype)}, {self._POINTWISE[kind]}>"
         )
         fn(
@@ -150,7 +151,7 @@ class CupyBackend:
 
     # -- backward -------------------------------------------------------------
     def activation_backward(self, err, a, activation, out):
-        return kernels.activation_backward(activation)(err, a, out)
+        return self._kernels.activation_backward(activation)(err, a, out)
 
     def bias_grad(self, delta, out):
         rows, cols = delta.shape
@@ -160,10 +161,10 @@ class CupyBackend:
         # that a tall matrix (262144 x 64) keeps enough loads in flight.
         grid_y = max(1, min((rows + 255) // 256, (16 * self._sms) // grid_x, 65535))
         partial = out if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
-        kernels.function("bias_grad", f"bias_grad_partial<{t}>")(
+        self._kernels.function("bias_grad", f"bias_grad_partial<{t}>")(
             (grid_x, grid_y), (32, 8), (delta, partial, np.int32(rows), np.int32(cols)))
         if grid_y > 1:
-            kernels.function("bias_grad", f"bias_grad_finish<{t}>")(
+            self._kernels.function("bias_grad", f"bias_grad_finish<{t}>")(
                 (grid_x,), (32, 32), (partial, out, np.int32(grid_y), np.int32(cols)))
         return out
 
@@ -173,7 +174,7 @@ class CupyBackend:
 
     def l2_penalty(self, w, g, loss, l2, m):
         t = w.dtype.type
-        fn = kernels.function("l2_penalty", f"l2_penalty<{self._t(w.dtype)}>")
+        fn = self._kernels.function("l2_penalty", f"l2_penalty<{self._t(w.dtype)}>")
         fn(
             (self._blocks(w.size),),
             (_THREADS,),
@@ -184,16 +185,16 @@ class CupyBackend:
     def sgd(self, p, g, buf, lr, momentum, nesterov):
         t = p.dtype.type
         variant = 0 if momentum == 0.0 else (2 if nesterov else 1)
-        fn = kernels.function("sgd", f"sgd<{self._t(p.dtype)}, {variant}>")
+        fn = self._kernels.function("sgd", f"sgd<{self._t(p.dtype)}, {variant}>")
         if buf is None:
             buf = p  # never read by the plain variant
         fn((self._blocks(p.size),), (_THREADS,), (p, g, buf, np.int64(p.size), t(lr), t(momentum)))
 
     def adam(self, p, g, m, v, step, coef, lr, decay, beta1, beta2, eps):
         t = p.dtype.type
-        kernels.function("adam", "adam_schedule")(
+        self._kernels.function("adam", "adam_schedule")(
             (1,), (32,), (step, coef, np.float64(lr), np.float64(beta1), np.float64(beta2)))
-        kernels.function("adam", f"adam<{self._t(p.dtype)}>")(
+        self._kernels.function("adam", f"adam<{self._t(p.dtype)}>")(
             (self._blocks(p.size),),
             (_THREADS,),
             (p, g, m, v, coef, np.int64(p.size), t(decay), t(beta1), t(beta2), t(eps)),
@@ -206,7 +207,7 @@ class CupyBackend:
     def gather_rows(self, src, order, offset, out):
         m = out.shape[0]
         cols = out.size // m if m else 1
-        fn = kernels.function("gather_rows", f"gather_rows<{self._GATHER_TYPES[src.dtype]}>")
+        fn = self._kernels.function("gather_rows", f"gather_rows<{self._GATHER_TYPES[src.dtype]}>")
         bx = 32 if cols >= 32 else 1 << (cols - 1).bit_length()   # threads across a row
         by = _THREADS // bx
         gx = (cols + bx - 1) // bx
@@ -215,7 +216,7 @@ class CupyBackend:
         return out
 
     def advance_offset(self, offset, m):
-        kernels.function("gather_rows", "advance_offset")((1,), (32,), (offset, np.int64(m)))
+        self._kernels.function("gather_rows", "advance_offset")((1,), (32,), (offset, np.int64(m)))
 
 
 class PlainCupyBackend(NumpyBackend):

@@ -1,0 +1,212 @@
+"""gpubp's CUDA kernels run on the CPU, for the tests: the CuPy backend's own
+launch code (grids, blocks, scalar types) over NumPy arrays, with each
+``kernels/*.cu`` compiled by the host C++ compiler against
+``tests/emulator/cuda_on_cpu.h``. It checks what the kernels compute, not how
+fast: on a GPU the same tests run on the real thing.
+
+    backend = emulated_backend()      # None where no C++20 compiler is found
+    backend.bias_activation(z, b, "sigmoid")
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from gpubp import kernels
+from gpubp.backends.cupy_backend import CupyBackend
+from gpubp.backends.numpy_backend import WorkArrays
+
+HERE = Path(__file__).resolve().parent
+SHIM = HERE / "emulator" / "cuda_on_cpu.h"
+_EXTERN_C = re.compile(r'extern "C" __global__ void (\w+)\s*\(')
+_C_TYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double,
+            np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
+            np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.bool_): ctypes.c_bool}
+_LAUNCH_ERRORS = {1: "a barrier was not reached by every thread it waits for (divergent "
+                     "__syncthreads or shuffle)",
+                  2: "a warp shuffle named a mask other than the whole warp"}
+
+
+def compiler():
+    """The host C++ compiler, or None."""
+    return shutil.which("g++") or shutil.which("clang++")
+
+
+class EmulationError(RuntimeError):
+    pass
+
+
+def _wrapper_source(name):
+    """kernels/NAME.cu (common.cuh pasted in) behind the shim, plus one C entry
+    point per kernel it exports: ``symbol -> kernel expression``."""
+    src = kernels.source(name)
+    entries, lines = {}, []
+    for i, expr in enumerate(kernels.instantiations(name) + _EXTERN_C.findall(src)):
+        symbol = f"emu_kernel_{i}"
+        entries[expr] = symbol
+        lines.append(f'extern "C" int {symbol}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, '
+                     f"unsigned by, unsigned bz, void** args) {{\n"
+                     f"    return emu_launch(&{expr}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, args);\n}}")
+    if name == "activation_backward":   # an ElementwiseKernel's preamble: one loop per variant
+        for act, code in kernels.ACTIVATION_CODES.items():
+            for t in ("float", "double"):
+                symbol = f"emu_elementwise_{act}_{t}"
+                entries[(act, t)] = symbol
+                lines.append(f'extern "C" void {symbol}(const {t}* err, const {t}* a, {t}* delta, '
+                             f"long long n) {{\n    for (long long i = 0; i < n; ++i) "
+                             f"delta[i] = activation_backward<{code}>(err[i], a[i]);\n}}")
+    return f'#include "cuda_on_cpu.h"\n{src}\n' + "\n".join(lines) + "\n", entries
+
+
+_LOCK = threading.Lock()
+_LIBS = {}
+
+
+def _library(name):
+    """The compiled emulation of kernels/NAME.cu, cached on disk by source hash."""
+    with _LOCK:
+        if name in _LIBS:
+            return _LIBS[name]
+        source, entries = _wrapper_source(name)
+        digest = hashlib.sha256((source + SHIM.read_text()).encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / "gpubp-cuda-emulator"
+        folder.mkdir(exist_ok=True)
+        lib_path = folder / f"{name}-{digest}.so"
+        if not lib_path.exists():
+            src_path = folder / f"{name}-{digest}.cpp"
+            src_path.write_text(source)
+            tmp = folder / f"{name}-{digest}.{threading.get_ident()}.tmp.so"
+            result = subprocess.run(
+                [compiler(), "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", f"-I{SHIM.parent}",
+                 str(src_path), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
+            if result.returncode != 0:
+                raise EmulationError(f"kernels/{name}.cu does not build for the emulator:\n"
+                                     f"{result.stderr[-4000:]}")
+            tmp.replace(lib_path)
+        _LIBS[name] = (ctypes.CDLL(str(lib_path)), entries)
+        return _LIBS[name]
+
+
+def _c_value(x):
+    """A kernel argument as CuPy passes it: arrays by their data pointer, NumPy
+    scalars as their own C type, Python ints and floats as int64 and double."""
+    if isinstance(x, np.ndarray):
+        return ctypes.c_void_p(x.ctypes.data)
+    if isinstance(x, np.generic):
+        return _C_TYPES[x.dtype](x.item())
+    if isinstance(x, bool):
+        return ctypes.c_bool(x)
+    if isinstance(x, int):
+        return ctypes.c_int64(x)
+    if isinstance(x, float):
+        return ctypes.c_double(x)
+    raise TypeError(f"no kernel argument of type {type(x).__name__}")
+
+
+class EmulatedKernel:
+    """Called like a ``cupy.RawKernel``: ``kernel(grid, block, args)``."""
+
+    def __init__(self, fn, expression):
+        self._fn, self.expression = fn, expression
+        fn.restype = ctypes.c_int
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
+        if not all(isinstance(d, int) and d >= 1 for d in grid + block):
+            raise EmulationError(f"{self.expression}: bad launch grid {grid} or block {block}")
+        if block[0] * block[1] * block[2] > 1024:
+            raise EmulationError(f"{self.expression}: more than 1024 threads in a block {block}")
+        values = [_c_value(a) for a in args]
+        pointers = (ctypes.c_void_p * max(1, len(values)))(
+            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        status = self._fn(*grid, *block, pointers)
+        if status:
+            raise EmulationError(f"{self.expression}: {_LAUNCH_ERRORS[status]}")
+
+
+class EmulatedElementwise:
+    """Called like the ``cupy.ElementwiseKernel`` of kernels/activation_backward.cu."""
+
+    def __init__(self, activation):
+        self.activation = activation
+
+    def __call__(self, err, a, out):
+        if not (err.shape == a.shape == out.shape and err.dtype == a.dtype == out.dtype):
+            raise EmulationError("activation_backward: operands differ in shape or dtype")
+        for x in (err, a, out):
+            if not x.flags.c_contiguous:
+                raise EmulationError("activation_backward: the emulation takes contiguous operands")
+        lib, entries = _library("activation_backward")
+        fn = getattr(lib, entries[(self.activation, {np.float32: "float", np.float64: "double"}[
+            out.dtype.type])])
+        fn.restype = None
+        fn(*(ctypes.c_void_p(x.ctypes.data) for x in (err, a, out)), ctypes.c_longlong(out.size))
+        return out
+
+
+class EmulatedKernels:
+    """Stands in for :mod:`gpubp.kernels` in the CuPy backend."""
+
+    ACTIVATION_CODES = kernels.ACTIVATION_CODES
+
+    def function(self, name, expression):
+        lib, entries = _library(name)
+        if expression not in entries:
+            raise EmulationError(f"kernels/{name}.cu exports no {expression!r} "
+                                 f"(it has {sorted(e for e in entries if isinstance(e, str))})")
+        return EmulatedKernel(getattr(lib, entries[expression]), expression)
+
+    def activation_backward(self, activation):
+        return EmulatedElementwise(activation)
+
+
+class EmulatedCupyBackend(CupyBackend):
+    """The CuPy backend's methods and launch code, on NumPy arrays, with the
+    kernels emulated on the CPU (a small pretend GPU of ``sms`` SMs) and the
+    matrix products left to NumPy."""
+
+    name = "cupy"
+
+    def __init__(self, sms=1):
+        self.xp = np
+        self._cupy = None
+        self._sms = sms
+        self._max_blocks = 8 * sms          # fewer blocks than a GPU: more grid-stride work each
+        self._unused_labels = np.zeros(1, dtype=np.int32)
+        self._unused_loss = np.zeros(1, dtype=np.float64)
+        self._work = WorkArrays(np)
+        self._kernels = EmulatedKernels()
+        self._local = threading.local()
+        self.gemm_problem = "the emulated backend multiplies with NumPy"
+
+    def asarray(self, a, dtype=None):
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def synchronize(self):
+        pass
+
+    def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
+        from gpubp.backends.numpy_backend import round_operands
+
+        a, b = round_operands(np, self._work, a, b, precision)
+        return np.matmul(a.T if transa else a, b.T if transb else b, out=out)
+
+    def __repr__(self):
+        return "EmulatedCupyBackend()"
+
+
+def emulated_backend():
+    """The emulated CuPy backend, or None where no host C++ compiler is found."""
+    return EmulatedCupyBackend() if compiler() else None

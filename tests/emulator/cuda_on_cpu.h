@@ -1,0 +1,177 @@
+// CUDA on the CPU, only so far as gpubp's kernels need it: a test harness, so
+// that kernels/*.cu run against their NumPy definitions without a GPU.
+//
+// A launch runs the grid's blocks one after another. Each CUDA thread of a
+// block is a fiber (ucontext) with a stack of its own, and a block's fibers
+// take turns on one OS thread: a fiber runs until it waits at a barrier
+// (__syncthreads over the block; a warp shuffle's exchange over its warp) or
+// ends, and a barrier lets its fibers go on once every one it waits for has
+// arrived. __shared__ variables become statics, which the (one running) block
+// shares. A barrier that some fiber never reaches (a shuffle or __syncthreads
+// under divergent control flow, undefined in CUDA) is reported, not hung on.
+//
+// Arguments arrive as CUDA's kernelParams do: an array of pointers to each
+// argument's value, read as the kernel's declared parameter types, so a scalar
+// passed with the wrong C type is read as the wrong bytes here as on a GPU.
+//
+// Not emulated: the host math library is not CUDA's (results differ in the
+// last ulps), threads never truly run at once (no data races are found), and
+// nothing is timed.
+#pragma once
+
+#include <math.h>
+#include <ucontext.h>
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __restrict__ __restrict
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+inline dim3 gridDim, blockDim, blockIdx, threadIdx;
+
+struct EmuBarrier {
+    int n = 0, arrived = 0;
+    long generation = 0;
+};
+
+struct EmuFiber {
+    static constexpr std::size_t kStack = 64 * 1024;
+    ucontext_t context;
+    std::unique_ptr<char[]> stack{new char[kStack]};    // not zeroed: made once, kept
+    EmuBarrier* waiting = nullptr;
+    long waiting_generation = 0;
+    bool done = false;
+};
+
+inline ucontext_t emu_scheduler;
+inline EmuFiber* emu_fiber = nullptr;            // the fiber running now
+inline int emu_lane = 0, emu_warp_index = 0;
+inline EmuBarrier emu_block_barrier;
+inline std::vector<EmuBarrier> emu_warp_barriers;
+inline unsigned char emu_warp_values[32][32][8];  // [warp][lane]: a shuffle's exchange
+inline std::function<void()> emu_body;
+inline bool emu_bad_mask = false;
+
+inline void emu_wait(EmuBarrier& barrier) {
+    const long generation = barrier.generation;
+    if (++barrier.arrived == barrier.n) {        // the last to arrive releases the others
+        barrier.arrived = 0;
+        ++barrier.generation;
+        return;
+    }
+    emu_fiber->waiting = &barrier;
+    emu_fiber->waiting_generation = generation;
+    swapcontext(&emu_fiber->context, &emu_scheduler);
+}
+
+inline void __syncthreads() { emu_wait(emu_block_barrier); }
+
+template <typename T>
+T emu_shuffle(unsigned mask, T v, int src_lane) {
+    static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+    if (mask != 0xffffffffu) emu_bad_mask = true;       // gpubp's kernels shuffle whole warps
+    const int warp = emu_warp_index;
+    std::memcpy(emu_warp_values[warp][emu_lane], &v, sizeof(T));
+    emu_wait(emu_warp_barriers[warp]);
+    T out;
+    std::memcpy(&out, emu_warp_values[warp][src_lane], sizeof(T));
+    emu_wait(emu_warp_barriers[warp]);                    // nobody writes before all have read
+    return out;
+}
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+    return emu_shuffle(mask, v, (emu_lane ^ lane_mask) & 31);
+}
+
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
+    const int src = emu_lane + (int)delta;
+    return emu_shuffle(mask, v, src < 32 ? src : emu_lane);
+}
+
+inline double atomicAdd(double* address, double v) {
+    const double old = *address;                       // one fiber runs at a time
+    *address = old + v;
+    return old;
+}
+
+inline void emu_fiber_main() {
+    emu_body();
+    emu_fiber->done = true;                            // then back to the scheduler (uc_link)
+}
+
+template <typename... A, std::size_t... I>
+void emu_call(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
+    kernel(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(args[I])...);
+}
+
+inline std::mutex emu_launch_mutex;
+
+// Runs kernel<<<grid, block>>>(args); returns 0, or 1 if some barrier was
+// never reached by all it waits for, 2 if a shuffle named fewer than all lanes.
+template <typename... A>
+int emu_launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
+    std::lock_guard<std::mutex> lock(emu_launch_mutex);
+    const int n = (int)(block.x * block.y * block.z);
+    if (n > 1024) return 1;
+    gridDim = grid;
+    blockDim = block;
+    emu_bad_mask = false;
+    emu_body = [&] { emu_call(kernel, args, std::index_sequence_for<A...>{}); };
+    static std::vector<EmuFiber> fibers;                 // kept from launch to launch
+    if ((int)fibers.size() < n) fibers.resize(n);
+    const int n_warps = (n + 31) / 32;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                blockIdx = dim3{bx, by, bz};
+                emu_block_barrier = EmuBarrier{n};
+                emu_warp_barriers.assign(n_warps, EmuBarrier{});
+                for (int w = 0; w < n_warps; ++w) emu_warp_barriers[w].n = std::min(32, n - 32 * w);
+                for (int t = 0; t < n; ++t) {
+                    EmuFiber& f = fibers[t];
+                    getcontext(&f.context);
+                    f.context.uc_stack.ss_sp = f.stack.get();
+                    f.context.uc_stack.ss_size = EmuFiber::kStack;
+                    f.context.uc_link = &emu_scheduler;
+                    makecontext(&f.context, emu_fiber_main, 0);
+                    f.done = false;
+                    f.waiting = nullptr;
+                }
+                int finished = 0;
+                while (finished < n) {
+                    bool progress = false;
+                    for (int t = 0; t < n; ++t) {
+                        EmuFiber& f = fibers[t];
+                        if (f.done) continue;
+                        if (f.waiting != nullptr && f.waiting->generation == f.waiting_generation) continue;
+                        f.waiting = nullptr;
+                        threadIdx = dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+                        emu_lane = t % 32;
+                        emu_warp_index = t / 32;
+                        emu_fiber = &f;
+                        swapcontext(&emu_scheduler, &f.context);
+                        progress = true;
+                        if (f.done) ++finished;
+                    }
+                    if (!progress) return 1;           // everyone left waits: a barrier never fills
+                }
+            }
+    return emu_bad_mask ? 2 : 0;
+}
