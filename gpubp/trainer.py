@@ -230,7 +230,8 @@ class Trainer:
         l2, ...), so any change gets graphs of its own. Only the latest set is kept."""
         if not self._graphs_on():
             return None
-        key = (X.data.ptr, X.shape, targets.data.ptr, targets.shape, id(self.optimizer),
+        address = self.model.backend.address
+        key = (address(X), X.shape, address(targets), targets.shape, id(self.optimizer),
                self.optimizer._hyperparameters(), self.l2, self._kind, self.model.precision)
         if key not in self._graph_cache:
             self._graph_cache = {key: {}}
@@ -250,12 +251,11 @@ class Trainer:
             self._graphs_off(f"they need gpubp.cublas ({self.model.backend.gemm_problem})")
             yield
             return
-        import cupy
-
+        backend = self.model.backend
         if self._stream is None:
-            self._stream = cupy.cuda.Stream(non_blocking=True)
+            self._stream = backend.new_stream()
         # Uploads and initialisation were queued on other streams: let them finish.
-        cupy.cuda.Device().synchronize()
+        backend.synchronize_device()
         try:
             with self._stream, self.model.backend.capturable():
                 yield

@@ -1,8 +1,10 @@
 """gpubp's CUDA kernels run on the CPU, for the tests: the CuPy backend's own
 launch code (grids, blocks, scalar types) over NumPy arrays, with each
 ``kernels/*.cu`` compiled by the host C++ compiler against
-``tests/emulator/cuda_on_cpu.h``. It checks what the kernels compute, not how
-fast: on a GPU the same tests run on the real thing.
+``tests/emulator/cuda_on_cpu.h``, and CUDA graphs as recorded launches replayed
+with the pointers and values they were captured with. It checks what the
+kernels and the trainer's graph mode compute, not how fast: on a GPU the same
+tests run on the real thing.
 
     backend = emulated_backend()      # None where no C++20 compiler is found
     backend.bias_activation(z, b, "sigmoid")
@@ -112,6 +114,60 @@ def _c_value(x):
     raise TypeError(f"no kernel argument of type {type(x).__name__}")
 
 
+# -- CUDA graphs ----------------------------------------------------------------
+# While a stream captures, launches (kernels and GEMMs) are recorded, not run:
+# a graph replays them with the pointers and scalar values they were given, as
+# a CUDA graph does. Host work during capture is not recorded (on a GPU it
+# would not be either, or would be refused).
+
+_recording = None      # the launches of the capture under way, or None
+
+
+def _launch(run):
+    if _recording is None:
+        run()
+    else:
+        _recording.append(run)
+
+
+class EmulatedGraph:
+    def __init__(self, launches):
+        self.launches = launches
+
+    def launch(self, stream=None):
+        for run in self.launches:
+            run()
+
+
+class EmulatedStream:
+    """Stands in for a non-blocking ``cupy.cuda.Stream``: current inside ``with``,
+    and able to capture."""
+
+    ptr = 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def begin_capture(self):
+        global _recording
+        if _recording is not None:
+            raise EmulationError("a capture is already under way")
+        _recording = []
+
+    def end_capture(self):
+        global _recording
+        if _recording is None:
+            raise EmulationError("no capture is under way")
+        launches, _recording = _recording, None
+        return EmulatedGraph(launches)
+
+
 class EmulatedKernel:
     """Called like a ``cupy.RawKernel``: ``kernel(grid, block, args)``."""
 
@@ -125,12 +181,18 @@ class EmulatedKernel:
             raise EmulationError(f"{self.expression}: bad launch grid {grid} or block {block}")
         if block[0] * block[1] * block[2] > 1024:
             raise EmulationError(f"{self.expression}: more than 1024 threads in a block {block}")
-        values = [_c_value(a) for a in args]
-        pointers = (ctypes.c_void_p * max(1, len(values)))(
-            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        status = self._fn(*grid, *block, pointers)
-        if status:
-            raise EmulationError(f"{self.expression}: {_LAUNCH_ERRORS[status]}")
+        values = [_c_value(a) for a in args]       # pointers and scalars as of now
+        keep = list(args)                          # the arrays stay alive with a graph
+
+        def run():
+            pointers = (ctypes.c_void_p * max(1, len(values)))(
+                *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+            status = self._fn(*grid, *block, pointers)
+            if status:
+                raise EmulationError(f"{self.expression}: {_LAUNCH_ERRORS[status]}")
+            return keep
+
+        _launch(run)
 
 
 class EmulatedElementwise:
@@ -149,7 +211,8 @@ class EmulatedElementwise:
         fn = getattr(lib, entries[(self.activation, {np.float32: "float", np.float64: "double"}[
             out.dtype.type])])
         fn.restype = None
-        fn(*(ctypes.c_void_p(x.ctypes.data) for x in (err, a, out)), ctypes.c_longlong(out.size))
+        _launch(lambda: fn(*(ctypes.c_void_p(x.ctypes.data) for x in (err, a, out)),
+                           ctypes.c_longlong(out.size)))
         return out
 
 
@@ -171,8 +234,8 @@ class EmulatedKernels:
 
 class EmulatedCupyBackend(CupyBackend):
     """The CuPy backend's methods and launch code, on NumPy arrays, with the
-    kernels emulated on the CPU (a small pretend GPU of ``sms`` SMs) and the
-    matrix products left to NumPy."""
+    kernels emulated on the CPU (a small pretend GPU of ``sms`` SMs), the
+    matrix products left to NumPy, and streams that capture graphs."""
 
     name = "cupy"
 
@@ -186,7 +249,7 @@ class EmulatedCupyBackend(CupyBackend):
         self._work = WorkArrays(np)
         self._kernels = EmulatedKernels()
         self._local = threading.local()
-        self.gemm_problem = "the emulated backend multiplies with NumPy"
+        self.gemm_problem = None
 
     def asarray(self, a, dtype=None):
         return np.ascontiguousarray(a, dtype=dtype)
@@ -197,11 +260,28 @@ class EmulatedCupyBackend(CupyBackend):
     def synchronize(self):
         pass
 
+    def synchronize_device(self):
+        pass
+
+    def new_stream(self):
+        return EmulatedStream()
+
+    @staticmethod
+    def address(a):
+        return a.ctypes.data
+
+    def _direct_gemm(self):
+        return self.matmul                  # graphs need a capturable GEMM: this one records
+
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
         from gpubp.backends.numpy_backend import round_operands
 
-        a, b = round_operands(np, self._work, a, b, precision)
-        return np.matmul(a.T if transa else a, b.T if transb else b, out=out)
+        def run():
+            x, y = round_operands(np, self._work, a, b, precision)
+            np.matmul(x.T if transa else x, y.T if transb else y, out=out)
+
+        _launch(run)
+        return out
 
     def __repr__(self):
         return "EmulatedCupyBackend()"

@@ -284,6 +284,48 @@ def test_a_captured_step_allocates_nothing(rng):
         assert trainer.graphs_off_reason is None, precision   # capture() refuses allocations
 
 
+def _emulated_backend():
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend()
+    if backend is None:
+        pytest.skip("no host C++ compiler to emulate the kernels with")
+    return backend
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "nesterov"])
+def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer):
+    """Graph mode without a GPU: the CuPy backend's kernels emulated on the CPU,
+    where a graph replays the launches recorded at capture with the pointers and
+    values they had then (tests/_cuda_emulator.py). Replays read each batch's
+    place and Adam's step from the device, so they end bit for bit where eager
+    launches do; graphs follow a change of learning rate."""
+    backend = _emulated_backend()
+    X, y = rng.normal(size=(100, 6)).astype(np.float32), rng.integers(0, 4, size=100)
+
+    def train(cuda_graphs):
+        model = gpubp.MLP([6, 9, 4], activation="tanh", backend=backend, seed=2)
+        opt = (gpubp.optim.AdamW(1e-2) if optimizer == "adamw"
+               else gpubp.optim.SGD(0.05, momentum=0.9, nesterov=True))
+        trainer = gpubp.Trainer(model, optimizer=opt, batch_size=16, l2=0.05, seed=3,
+                                cuda_graphs=cuda_graphs)
+        history = trainer.fit(X, y, epochs=4, validation_data=(X[:20], y[:20]))
+        trainer.optimizer.lr /= 2                   # a schedule: graphs of their own
+        history2 = trainer.fit(X, y, epochs=2)
+        return model, trainer, history, history2
+
+    eager, _, h_eager, h2_eager = train(False)
+    graphed, trainer, h_graph, h2_graph = train(True)
+    assert trainer.graphs_off_reason is None
+    (cache,) = trainer._graph_cache.values()        # the latest settings' graphs only
+    assert sorted(cache) == [4, 16] and all(g != "warm" for g in cache.values())
+    assert trainer.optimizer.steps == 6 * 7
+    if optimizer == "adamw":
+        assert int(trainer.optimizer.step_count[0]) == 6 * 7
+    np.testing.assert_array_equal(graphed.params, eager.params)
+    assert h_graph == h_eager and h2_graph == h2_eager
+
+
 @requires_cupy
 def test_changed_settings_get_graphs_of_their_own(rng):
     _needs_direct_gemm()

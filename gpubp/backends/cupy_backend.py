@@ -51,6 +51,20 @@ class CupyBackend:
     def synchronize(self):
         self._cupy.cuda.get_current_stream().synchronize()
 
+    def synchronize_device(self):
+        """Wait for the work of every stream on the device."""
+        self._cupy.cuda.Device().synchronize()
+
+    @staticmethod
+    def address(a):
+        """The device address of an array's data (what a CUDA graph bakes in)."""
+        return a.data.ptr
+
+    def new_stream(self):
+        """A stream of its own (non-blocking: CUDA graphs cannot capture the
+        legacy default stream)."""
+        return self._cupy.cuda.Stream(non_blocking=True)
+
     # -- the one seam for matrix products ----------------------------------
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
         """out = op(a) @ op(b) through cuBLAS, op a transpose where asked.
