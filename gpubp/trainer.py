@@ -59,15 +59,15 @@ class Trainer:
     binary_cross_entropy for sigmoid, mse for identity); ``optimizer`` to
     ``Adam()``; ``l2`` adds (l2 / 2m) sum ||W||^2 to each batch's loss (biases
     are never regularized); ``seed`` fixes the shuffling, identically on every
-    backend. With ``cuda_graphs=True`` on the CuPy backend, the step of each
-    batch shape is captured once as a CUDA graph and replayed (gather, forward,
-    loss, backward and update in one launch); where capture cannot work the
-    trainer logs why (``graphs_off_reason``) and launches eagerly. It is off by
-    default until it has been checked on a GPU.
+    backend. On the CuPy backend the step of each batch shape is captured once
+    as a CUDA graph and replayed (gather, forward, loss, backward and update in
+    one launch); where capture cannot work the trainer logs why
+    (``graphs_off_reason``) and launches eagerly. ``cuda_graphs=False`` turns
+    graphs off; elsewhere than on the CuPy backend the option does nothing.
     """
 
     def __init__(self, model, loss=None, optimizer=None, batch_size=32, l2=0.0, seed=0,
-                 cuda_graphs=False):
+                 cuda_graphs=True):
         if not isinstance(model, MLP):
             raise TypeError(f"model must be a gpubp.MLP; got {type(model).__name__}")
         self.model = model
@@ -247,11 +247,12 @@ class Trainer:
         if not self._graphs_on():
             yield
             return
-        if self.model.backend._direct_gemm() is None:
-            self._graphs_off(f"they need gpubp.cublas ({self.model.backend.gemm_problem})")
+        backend = self.model.backend
+        problem = backend.graphs_problem()
+        if problem is not None:
+            self._graphs_off(problem)
             yield
             return
-        backend = self.model.backend
         if self._stream is None:
             self._stream = backend.new_stream()
         # Uploads and initialisation were queued on other streams: let them finish.

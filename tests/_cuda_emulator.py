@@ -273,6 +273,9 @@ class EmulatedCupyBackend(CupyBackend):
     def _direct_gemm(self):
         return self.matmul                  # graphs need a capturable GEMM: this one records
 
+    def graphs_problem(self):
+        return None
+
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
         from gpubp.backends.numpy_backend import round_operands
 

@@ -366,10 +366,35 @@ def test_graph_capture_falls_back_to_eager_with_a_reason(rng, monkeypatch, caplo
 def test_graphs_need_the_direct_gemm(rng, monkeypatch, caplog):
     backend = gpubp.get_backend("cupy")
     monkeypatch.setattr(backend, "_direct_gemm", lambda: None)
+    monkeypatch.setattr(backend, "_graphs_checked", False)     # check again, with no GEMM
     X, y = rng.normal(size=(200, 20)).astype(np.float32), rng.integers(0, 5, size=200)
     with caplog.at_level("WARNING", logger="gpubp"):
         _, trainer, history = _train_on_gpu(X, y, cuda_graphs=True, epochs=2)
     assert "gpubp.cublas" in trainer.graphs_off_reason and len(history["loss"]) == 2
+
+
+@requires_cupy
+def test_graphs_are_on_by_default_on_the_gpu_and_checked_first(rng, monkeypatch, caplog):
+    """Graphs are the default on the CuPy backend; a gpubp.cublas that computes
+    wrong products is caught by the backend's check before any graph uses it."""
+    _needs_direct_gemm()
+    backend = gpubp.get_backend("cupy")
+    assert backend.graphs_problem() is None
+    X, y = rng.normal(size=(128, 20)).astype(np.float32), rng.integers(0, 5, size=128)
+    model = gpubp.MLP([20, 8, 5], backend="cupy")
+    trainer = gpubp.Trainer(model, batch_size=32)
+    trainer.fit(X, y, epochs=2)
+    assert trainer.graphs_off_reason is None and trainer._graph_cache
+
+    gemm = backend._direct_gemm()
+    monkeypatch.setattr(backend, "_direct_gemm", lambda: lambda a, b, out, **kw: out.fill(1))
+    monkeypatch.setattr(backend, "_graphs_checked", False)
+    assert "disagrees with cupy.matmul" in backend.graphs_problem()
+    with caplog.at_level("WARNING", logger="gpubp"):
+        trainer = gpubp.Trainer(gpubp.MLP([20, 8, 5], backend="cupy"), batch_size=32)
+        trainer.fit(X, y, epochs=1)
+    assert "disagrees" in trainer.graphs_off_reason
+    assert gemm is not None
 
 
 class _FakeStream:

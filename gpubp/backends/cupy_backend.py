@@ -113,6 +113,37 @@ class CupyBackend:
                 self.gemm_problem = f"{type(exc).__name__}: {exc}"
         return gemm
 
+    def graphs_problem(self):
+        """Why this backend cannot run training steps as CUDA graphs, or None.
+
+        Graphs need gpubp.cublas (CuPy's cuBLAS calls cannot be captured), so
+        once per backend its products (float32, float64, transposed operands)
+        are checked against cupy.matmul before any graph relies on them."""
+        if getattr(self, "_graphs_checked", False):
+            return self._graphs_problem
+        self._graphs_checked, self._graphs_problem = True, None
+        gemm = self._direct_gemm()
+        if gemm is None:
+            self._graphs_problem = f"they need gpubp.cublas ({self.gemm_problem})"
+            return self._graphs_problem
+        cp = self._cupy
+        rng = np.random.default_rng(0)
+        try:
+            for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+                a = cp.asarray(rng.standard_normal((37, 19)), dtype=dtype)
+                b = cp.asarray(rng.standard_normal((23, 19)), dtype=dtype)
+                out = cp.empty((37, 23), dtype=dtype)
+                gemm(a, b, out, transb=True)
+                expected = cp.matmul(a, b.T)
+                error = float(cp.abs(out - expected).max() / cp.abs(expected).max())
+                if not error < tol:
+                    self._graphs_problem = (f"gpubp.cublas disagrees with cupy.matmul "
+                                            f"({np.dtype(dtype).name}, relative error {error:.2g})")
+                    break
+        except Exception as exc:
+            self._graphs_problem = f"gpubp.cublas failed its check: {type(exc).__name__}: {exc}"
+        return self._graphs_problem
+
     # -- helpers ---------------------------------------------------------------
     def _blocks(self, n):
         return max(1, min((n + _THREADS - 1) // _THREADS, self._max_blocks))
