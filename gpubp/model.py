@@ -168,9 +168,8 @@ class MLP:
         a = X
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
             z = bufs.acts[layer + 1]
-            self.backend.matmul(a, w, out=z, precision=self.precision)
             act = self.activation if layer < self.n_layers - 1 else last
-            self.backend.bias_activation(z, b, act)
+            self.backend.dense_forward(a, w, b, act, out=z, precision=self.precision)
             a = z
         return a
 
@@ -190,16 +189,16 @@ class MLP:
         logits = self._forward(X, bufs)
         delta = bufs.deltas[self.n_layers]
         self._output_delta(logits, dense, labels, kind, delta, loss_acc, 1.0 / m)
+        self.backend.bias_grad(delta, out=self.grad_biases[-1])
         for layer in reversed(range(self.n_layers)):
             a_prev = X if layer == 0 else bufs.acts[layer]
             self.backend.matmul(a_prev, delta, out=self.grad_weights[layer], transa=True,
                                 precision=self.precision)
-            self.backend.bias_grad(delta, out=self.grad_biases[layer])
-            if layer > 0:
+            if layer > 0:                   # the delta of the hidden layer below, its db
                 err = bufs.deltas[layer]
-                self.backend.matmul(delta, self.weights[layer], out=err, transb=True,
-                                    precision=self.precision)
-                self.backend.activation_backward(err, a_prev, self.activation, out=err)
+                self.backend.dense_backward(delta, self.weights[layer], a_prev, self.activation,
+                                            out=err, db=self.grad_biases[layer - 1],
+                                            precision=self.precision)
                 delta = err
         if l2:
             n = self.n_weights

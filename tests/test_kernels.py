@@ -119,6 +119,44 @@ def test_bias_activation(both, rng, dtype, activation, shape):
     _check(cpb, zc, zn, dtype)
 
 
+DENSE_SHAPES = [(37, 19, 23), (300, 64, 64), (5, 1, 3), (1000, 64, 16), (70, 65, 8)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("m,K,N", DENSE_SHAPES)    # float32 and K, N <= 64: dense_layer.cu
+def test_dense_forward(both, rng, dtype, activation, m, K, N):
+    cpb, npb = both
+    ac, an = _pair(cpb, rng.normal(size=(m, K)).astype(dtype))
+    wc, wn = _pair(cpb, rng.normal(size=(K, N)).astype(dtype))
+    bc, bn = _pair(cpb, rng.normal(size=N).astype(dtype))
+    oc, on = _pair(cpb, np.full((m, N), np.nan, dtype=dtype))
+    cpb.dense_forward(ac, wc, bc, activation, out=oc)
+    npb.dense_forward(an, wn, bn, activation, out=on)
+    _check(cpb, oc, on, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("m,K,N", DENSE_SHAPES)
+def test_dense_backward(both, rng, dtype, activation, m, K, N):
+    cpb, npb = both
+    ec, en = _pair(cpb, rng.normal(size=(m, N)).astype(dtype))
+    wc, wn = _pair(cpb, rng.normal(size=(K, N)).astype(dtype))
+    a = rng.normal(size=(m, K))
+    if activation in ("sigmoid", "tanh"):          # a stored activation: in (0, 1) or (-1, 1)
+        a = np.tanh(a) if activation == "tanh" else 1 / (1 + np.exp(-a))
+    ac, an = _pair(cpb, a.astype(dtype))
+    oc, on = _pair(cpb, np.full((m, K), np.nan, dtype=dtype))
+    dbc, dbn = _pair(cpb, np.full(K, np.nan, dtype=dtype))
+    cpb.dense_backward(ec, wc, ac, activation, out=oc, db=dbc)
+    npb.dense_backward(en, wn, an, activation, out=on, db=dbn)
+    _check(cpb, oc, on, dtype)
+    # Column sums of many terms: both within tolerance of the float64 sum.
+    exact = on.astype(np.float64).sum(axis=0)
+    assert max_rel_error(cpb.to_numpy(dbc), exact) < TOL[dtype] * (10 if m > 10000 else 1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_activation_backward(both, rng, dtype, activation):
@@ -323,3 +361,22 @@ def test_emulated_kernels_train_like_numpy(rng, activation, output, loss):
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-10, atol=1e-12)
     for key in results[1][1]:
         np.testing.assert_allclose(results[0][1][key], results[1][1][key], rtol=1e-10)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_emulated_narrow_float32_layers_train_like_numpy(rng, activation):
+    """float32 and layers at most 64 wide: every layer through kernels/dense_layer.cu
+    (emulated), in graph mode, within float32 rounding of the NumPy backend."""
+    import gpubp
+
+    emulated = emulated_backend()
+    if emulated is None:
+        pytest.skip("no host C++ compiler to emulate the kernels with")
+    X, y = rng.normal(size=(300, 64)).astype(np.float32), rng.integers(0, 16, size=300)
+    params = []
+    for backend in (emulated, get_backend("numpy")):
+        model = gpubp.MLP([64, 64, 64, 16], activation=activation, backend=backend, seed=4)
+        gpubp.Trainer(model, optimizer=gpubp.optim.SGD(0.05, momentum=0.9), batch_size=128,
+                      l2=0.01, seed=9).fit(X, y, epochs=3)
+        params.append(np.asarray(model.params))
+    assert max_rel_error(params[0], params[1]) < 1e-4

@@ -159,6 +159,44 @@ class CupyBackend:
         fn((self._blocks(z.size),), (_THREADS,), (z, b, np.int64(z.size), np.int32(z.shape[1])))
         return z
 
+    # Narrow float32 layers take kernels/dense_layer.cu: the product and the
+    # per-element work of a layer in one pass over its activations.
+    _DL_MAX, _DL_ROWS, _DL_THREADS = 64, 64, 128
+
+    def _dense_fused(self, w, precision, *arrays):
+        return (precision == "float32" and w.shape[0] <= self._DL_MAX and w.shape[1] <= self._DL_MAX
+                and all(x.dtype == np.float32 and x.flags.c_contiguous for x in (w, *arrays)))
+
+    def _dense_grid(self, m):
+        return max(1, min((m + self._DL_ROWS - 1) // self._DL_ROWS, 4 * self._sms))
+
+    def dense_forward(self, a, w, b, activation, out, precision="float32"):
+        if not self._dense_fused(w, precision, a, b, out):
+            self.matmul(a, w, out=out, precision=precision)
+            return self.bias_activation(out, b, activation)
+        m, (K, N) = a.shape[0], w.shape
+        code = kernels.ACTIVATION_CODES[activation]
+        self._kernels.function("dense_layer", f"dense_forward<{code}>")(
+            (self._dense_grid(m),), (self._DL_THREADS,),
+            (a, w, b, out, np.int32(m), np.int32(K), np.int32(N)))
+        return out
+
+    def dense_backward(self, delta, w, a, activation, out, db, precision="float32"):
+        if not self._dense_fused(w, precision, delta, a, out, db):
+            self.matmul(delta, w, out=out, transb=True, precision=precision)
+            self.activation_backward(out, a, activation, out=out)
+            return self.bias_grad(out, out=db)
+        m, (K, N) = delta.shape[0], w.shape
+        grid = self._dense_grid(m)
+        partial = self._work.empty((grid, K), np.float32, "dense_backward")
+        code = kernels.ACTIVATION_CODES[activation]
+        self._kernels.function("dense_layer", f"dense_backward<{code}>")(
+            (grid,), (self._DL_THREADS,),
+            (delta, w, a, out, partial, np.int32(m), np.int32(K), np.int32(N)))
+        self._kernels.function("bias_grad", "bias_grad_finish<float>")(
+            ((K + 31) // 32,), (32, 32), (partial, db, np.int32(grid), np.int32(K)))
+        return db
+
     def _softmax_rows(self, z, y, labels, delta, loss, scale, target):
         rows, k = z.shape
         warps = _THREADS // 32

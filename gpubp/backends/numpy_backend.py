@@ -135,6 +135,12 @@ class NumpyBackend:
             xp.maximum(z, s, out=z)
         return z
 
+    def dense_forward(self, a, w, b, activation, out, precision="float32"):
+        """out = g(a @ w + b): a layer's product, then its bias and activation
+        (kernels/dense_layer.cu fuses them for narrow float32 layers)."""
+        self.matmul(a, w, out=out, precision=precision)
+        return self.bias_activation(out, b, activation)
+
     def softmax(self, z, out):
         """out = softmax(z) row by row (kernels/softmax_cross_entropy.cu, variant 2)."""
         xp = self.xp
@@ -228,6 +234,14 @@ class NumpyBackend:
             s *= 1 - LEAKY_SLOPE
             s += LEAKY_SLOPE
         return xp.multiply(err, s, out=out)
+
+    def dense_backward(self, delta, w, a, activation, out, db, precision="float32"):
+        """out = (delta @ w.T) * g'(a), a hidden layer's delta from the next
+        layer's; db = its column sums (kernels/dense_layer.cu fuses the three
+        for narrow float32 layers)."""
+        self.matmul(delta, w, out=out, transb=True, precision=precision)
+        self.activation_backward(out, a, activation, out=out)
+        return self.bias_grad(out, out=db)
 
     def bias_grad(self, delta, out):
         """out[j] = sum_i delta[i, j] (kernels/bias_grad.cu)."""
