@@ -18,8 +18,8 @@
 //
 // K, N <= 64. W sits in shared memory for the whole kernel. A block of 128
 // threads takes tiles of 64 rows in turn (grid-stride), staged transposed in
-// shared memory. Each thread computes 4 rows x 8 columns of a tile with fp32
-// FMAs: 12 shared loads per 32 FMAs.
+// shared memory (through cp.async on sm_80+). Each thread computes 4 rows x 8
+// columns of a tile with fp32 FMAs: 12 shared loads per 32 FMAs.
 // NumPy reference: NumpyBackend.dense_forward and NumpyBackend.dense_backward.
 #include "common.cuh"
 
@@ -27,14 +27,33 @@
 #define GPUBP_DL_MAX 64
 
 // tile[k][r] = src[row0 + r, k] for the tile's rows (zero past m and past cols).
+// On sm_80 and later through cp.async, so that a thread has all its copies in
+// flight at once (a plain load-then-store loop keeps one, and is latency-bound);
+// the caller's __syncthreads then makes the tile visible to the block.
 __device__ __forceinline__ void gpubp_dl_stage(float (*tile)[GPUBP_DL_ROWS + 1], const float* src,
                                                long long row0, int m, int cols) {
     for (int i = threadIdx.x; i < GPUBP_DL_ROWS * GPUBP_DL_MAX; i += blockDim.x) {
         const int r = i / GPUBP_DL_MAX, k = i % GPUBP_DL_MAX;
         const long long row = row0 + r;
-        tile[k][r] = (row < m && k < cols) ? src[row * cols + k] : 0.0f;
+        const bool inside = row < m && k < cols;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        const float* from = inside ? src + row * cols + k : src;       // 0 bytes read: zero fill
+        const unsigned to = (unsigned)__cvta_generic_to_shared(&tile[k][r]);
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                     :: "r"(to), "l"(from), "r"(inside ? 4 : 0));
+#else
+        tile[k][r] = inside ? src[row * cols + k] : 0.0f;
+#endif
     }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
 }
+
+// The 8 columns of a thread: 4 cg .. 4 cg + 3 and 32 + 4 cg .. 32 + 4 cg + 3, so
+// that a warp's 4-wide shared loads hit distinct banks and its stores cover
+// contiguous 128-byte runs.
+__device__ __forceinline__ int gpubp_dl_col(int cg, int c) { return 4 * cg + (c & 3) + 32 * (c >> 2); }
 
 template <int ACT>
 __global__ void dense_forward(const float* __restrict__ a, const float* __restrict__ w,
@@ -43,13 +62,13 @@ __global__ void dense_forward(const float* __restrict__ a, const float* __restri
     __shared__ float ws[GPUBP_DL_MAX][GPUBP_DL_MAX];          // ws[k][j] = W[k, j]
     __shared__ float as[GPUBP_DL_MAX][GPUBP_DL_ROWS + 1];     // as[k][r] = a[row0 + r, k]
     const int rg = threadIdx.x / 8;                            // rows 4 rg .. 4 rg + 3
-    const int cg = threadIdx.x % 8;                            // columns 8 cg .. 8 cg + 7
+    const int cg = threadIdx.x % 8;                            // columns gpubp_dl_col(cg, 0..7)
     for (int i = threadIdx.x; i < GPUBP_DL_MAX * GPUBP_DL_MAX; i += blockDim.x) {
         const int k = i / GPUBP_DL_MAX, j = i % GPUBP_DL_MAX;
         ws[k][j] = (k < K && j < N) ? w[k * N + j] : 0.0f;
     }
     float bias[8];
-    for (int c = 0; c < 8; ++c) bias[c] = 8 * cg + c < N ? b[8 * cg + c] : 0.0f;
+    for (int c = 0; c < 8; ++c) bias[c] = gpubp_dl_col(cg, c) < N ? b[gpubp_dl_col(cg, c)] : 0.0f;
     for (long long row0 = (long long)blockIdx.x * GPUBP_DL_ROWS; row0 < m;
          row0 += (long long)gridDim.x * GPUBP_DL_ROWS) {
         __syncthreads();                                       // the last tile is read
@@ -59,7 +78,7 @@ __global__ void dense_forward(const float* __restrict__ a, const float* __restri
         for (int k = 0; k < K; ++k) {
             float ar[4], wr[8];
             for (int q = 0; q < 4; ++q) ar[q] = as[k][4 * rg + q];
-            for (int c = 0; c < 8; ++c) wr[c] = ws[k][8 * cg + c];
+            for (int c = 0; c < 8; ++c) wr[c] = ws[k][gpubp_dl_col(cg, c)];
             for (int q = 0; q < 4; ++q)
                 for (int c = 0; c < 8; ++c) acc[q][c] += ar[q] * wr[c];
         }
@@ -67,7 +86,7 @@ __global__ void dense_forward(const float* __restrict__ a, const float* __restri
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
             for (int c = 0; c < 8; ++c) {
-                const int j = 8 * cg + c;
+                const int j = gpubp_dl_col(cg, c);
                 if (j < N) z[row * N + j] = gpubp_activate<ACT>(acc[q][c] + bias[c]);
             }
         }
@@ -82,7 +101,7 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
     __shared__ float es[GPUBP_DL_MAX][GPUBP_DL_ROWS + 1];     // es[j][r] = e[row0 + r, j]
     __shared__ float sums[16][GPUBP_DL_MAX];                   // per row group, for partial
     const int rg = threadIdx.x / 8;                            // rows 4 rg .. 4 rg + 3
-    const int cg = threadIdx.x % 8;                            // columns k = 8 cg .. 8 cg + 7
+    const int cg = threadIdx.x % 8;                            // columns k = gpubp_dl_col(cg, 0..7)
     for (int i = threadIdx.x; i < GPUBP_DL_MAX * GPUBP_DL_MAX; i += blockDim.x) {
         const int j = i / GPUBP_DL_MAX, k = i % GPUBP_DL_MAX;
         wt[j][k] = (k < K && j < N) ? w[k * N + j] : 0.0f;
@@ -97,7 +116,7 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
         for (int j = 0; j < N; ++j) {
             float er[4], wr[8];
             for (int q = 0; q < 4; ++q) er[q] = es[j][4 * rg + q];
-            for (int c = 0; c < 8; ++c) wr[c] = wt[j][8 * cg + c];
+            for (int c = 0; c < 8; ++c) wr[c] = wt[j][gpubp_dl_col(cg, c)];
             for (int q = 0; q < 4; ++q)
                 for (int c = 0; c < 8; ++c) acc[q][c] += er[q] * wr[c];
         }
@@ -105,7 +124,7 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
             for (int c = 0; c < 8; ++c) {
-                const int k = 8 * cg + c;
+                const int k = gpubp_dl_col(cg, c);
                 if (k < K) {
                     const float dk = acc[q][c] * gpubp_activation_grad<ACT>(a[row * K + k]);
                     d[row * K + k] = dk;
@@ -114,7 +133,7 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
             }
         }
     }
-    for (int c = 0; c < 8; ++c) sums[rg][8 * cg + c] = colsum[c];
+    for (int c = 0; c < 8; ++c) sums[rg][gpubp_dl_col(cg, c)] = colsum[c];
     __syncthreads();
     if (threadIdx.x < K) {
         float total = 0.0f;

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -56,8 +57,10 @@ def _wrapper_source(name):
         symbol = f"emu_kernel_{i}"
         entries[expr] = symbol
         lines.append(f'extern "C" int {symbol}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, '
-                     f"unsigned by, unsigned bz, void** args) {{\n"
-                     f"    return emu_launch(&{expr}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, args);\n}}")
+                     f"unsigned by, unsigned bz, void** args, int reverse) {{\n"
+                     f"    return emu_launch(&{expr}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, args, reverse);\n}}\n"
+                     f'extern "C" int {symbol}_signature(int* sizes, int* kinds) {{\n'
+                     f"    return emu_signature(&{expr}, sizes, kinds);\n}}")
     if name == "activation_backward":   # an ElementwiseKernel's preamble: one loop per variant
         for act, code in kernels.ACTIVATION_CODES.items():
             for t in ("float", "double"):
@@ -84,9 +87,10 @@ def _library(name):
         folder.mkdir(exist_ok=True)
         lib_path = folder / f"{name}-{digest}.so"
         if not lib_path.exists():
-            src_path = folder / f"{name}-{digest}.cpp"
+            unique = f"{os.getpid()}-{threading.get_ident()}"   # builds in parallel never collide
+            src_path = folder / f"{name}-{digest}.{unique}.cpp"
             src_path.write_text(source)
-            tmp = folder / f"{name}-{digest}.{threading.get_ident()}.tmp.so"
+            tmp = folder / f"{name}-{digest}.{unique}.tmp.so"
             result = subprocess.run(
                 [compiler(), "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", f"-I{SHIM.parent}",
                  str(src_path), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
@@ -105,9 +109,7 @@ def _c_value(x):
         return ctypes.c_void_p(x.ctypes.data)
     if isinstance(x, np.generic):
         return _C_TYPES[x.dtype](x.item())
-    if isinstance(x, bool):
-        return ctypes.c_bool(x)
-    if isinstance(x, int):
+    if isinstance(x, int):                       # bools too, as CuPy does
         return ctypes.c_int64(x)
     if isinstance(x, float):
         return ctypes.c_double(x)
@@ -117,8 +119,9 @@ def _c_value(x):
 # -- CUDA graphs ----------------------------------------------------------------
 # While a stream captures, launches (kernels and GEMMs) are recorded, not run:
 # a graph replays them with the pointers and scalar values they were given, as
-# a CUDA graph does. Host work during capture is not recorded (on a GPU it
-# would not be either, or would be refused).
+# a CUDA graph does. Other array operations during capture (NumPy's, here) run
+# at once and are not recorded, where CuPy's in-place operations on a GPU would
+# be captured: the training step has none (it is backend calls throughout).
 
 _recording = None      # the launches of the capture under way, or None
 
@@ -169,11 +172,30 @@ class EmulatedStream:
 
 
 class EmulatedKernel:
-    """Called like a ``cupy.RawKernel``: ``kernel(grid, block, args)``."""
+    """Called like a ``cupy.RawKernel``: ``kernel(grid, block, args)``. The
+    arguments are checked against the kernel's parameters (count, size, and
+    pointer / integer / floating point), which a GPU would not do: there a
+    mismatch reads the wrong bytes."""
 
-    def __init__(self, fn, expression):
-        self._fn, self.expression = fn, expression
-        fn.restype = ctypes.c_int
+    def __init__(self, lib, symbol, expression, reverse_order=False):
+        self._fn, self.expression, self._reverse = getattr(lib, symbol), expression, reverse_order
+        self._fn.restype = ctypes.c_int
+        sizes, kinds = (ctypes.c_int * 64)(), (ctypes.c_int * 64)()
+        n = getattr(lib, f"{symbol}_signature")(sizes, kinds)
+        self._params = list(zip(sizes[:n], kinds[:n]))
+
+    def _check_args(self, args, values):
+        if len(values) != len(self._params):
+            raise EmulationError(f"{self.expression} takes {len(self._params)} arguments; "
+                                 f"got {len(values)}")
+        for i, (arg, value, (size, kind)) in enumerate(zip(args, values, self._params)):
+            got = (0 if isinstance(arg, np.ndarray) else
+                   2 if isinstance(value, (ctypes.c_float, ctypes.c_double)) else 1)
+            if got != kind or ctypes.sizeof(value) != size:
+                raise EmulationError(
+                    f"{self.expression}: argument {i} is {type(arg).__name__} "
+                    f"({ctypes.sizeof(value)} bytes); the kernel takes "
+                    f"{('a pointer', 'an integer', 'a floating point number')[kind]} of {size} bytes")
 
     def __call__(self, grid, block, args, shared_mem=0):
         grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
@@ -182,12 +204,13 @@ class EmulatedKernel:
         if block[0] * block[1] * block[2] > 1024:
             raise EmulationError(f"{self.expression}: more than 1024 threads in a block {block}")
         values = [_c_value(a) for a in args]       # pointers and scalars as of now
+        self._check_args(args, values)
         keep = list(args)                          # the arrays stay alive with a graph
 
         def run():
             pointers = (ctypes.c_void_p * max(1, len(values)))(
                 *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-            status = self._fn(*grid, *block, pointers)
+            status = self._fn(*grid, *block, pointers, int(self._reverse))
             if status:
                 raise EmulationError(f"{self.expression}: {_LAUNCH_ERRORS[status]}")
             return keep
@@ -221,12 +244,15 @@ class EmulatedKernels:
 
     ACTIVATION_CODES = kernels.ACTIVATION_CODES
 
+    def __init__(self, reverse_order=False):
+        self.reverse_order = reverse_order
+
     def function(self, name, expression):
         lib, entries = _library(name)
         if expression not in entries:
             raise EmulationError(f"kernels/{name}.cu exports no {expression!r} "
                                  f"(it has {sorted(e for e in entries if isinstance(e, str))})")
-        return EmulatedKernel(getattr(lib, entries[expression]), expression)
+        return EmulatedKernel(lib, entries[expression], expression, self.reverse_order)
 
     def activation_backward(self, activation):
         return EmulatedElementwise(activation)
@@ -239,7 +265,7 @@ class EmulatedCupyBackend(CupyBackend):
 
     name = "cupy"
 
-    def __init__(self, sms=1):
+    def __init__(self, sms=1, reverse_order=False):
         self.xp = np
         self._cupy = None
         self._sms = sms
@@ -247,7 +273,7 @@ class EmulatedCupyBackend(CupyBackend):
         self._unused_labels = np.zeros(1, dtype=np.int32)
         self._unused_loss = np.zeros(1, dtype=np.float64)
         self._work = WorkArrays(np)
-        self._kernels = EmulatedKernels()
+        self._kernels = EmulatedKernels(reverse_order)
         self._local = threading.local()
         self.gemm_problem = None
 
@@ -277,10 +303,16 @@ class EmulatedCupyBackend(CupyBackend):
         return None
 
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
-        from gpubp.backends.numpy_backend import round_operands
+        from gpubp.precision import round_to
+
+        # The work arrays of the rounded operands are taken now, as a captured
+        # graph would bake in their addresses; the rounding and product run at launch.
+        rounded = (None if precision == "float32" else
+                   (self._work(a, "gemm_a"), self._work(b, "gemm_b")))
 
         def run():
-            x, y = round_operands(np, self._work, a, b, precision)
+            x, y = (a, b) if rounded is None else (round_to(np, a, precision, rounded[0]),
+                                                   round_to(np, b, precision, rounded[1]))
             np.matmul(x.T if transa else x, y.T if transb else y, out=out)
 
         _launch(run)
@@ -290,6 +322,6 @@ class EmulatedCupyBackend(CupyBackend):
         return "EmulatedCupyBackend()"
 
 
-def emulated_backend():
+def emulated_backend(sms=1, reverse_order=False):
     """The emulated CuPy backend, or None where no host C++ compiler is found."""
-    return EmulatedCupyBackend() if compiler() else None
+    return EmulatedCupyBackend(sms, reverse_order) if compiler() else None

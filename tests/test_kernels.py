@@ -81,15 +81,19 @@ def test_activation_backward_preamble_compiles_with_nvrtc():
 
 # -- CuPy against NumPy ---------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["gpu", "emulated"])
+@pytest.fixture(scope="module", params=["gpu", "emulated", "emulated-7sm-reversed"])
 def both(request):
     """The CuPy backend (on a GPU, or its launch code over NumPy arrays with the
-    kernels emulated on the CPU: tests/_cuda_emulator.py), and the NumPy backend."""
+    kernels emulated on the CPU: tests/_cuda_emulator.py), and the NumPy backend.
+    The emulation runs twice: on a pretend GPU of 1 SM with each block's threads
+    taking turns in index order, and of 7 SMs (more blocks, more partial sums)
+    in the reverse order, so that a missing barrier shows in one or the other."""
     if request.param == "gpu":
         if "cupy" not in BACKENDS:
             pytest.skip("needs CuPy and a CUDA GPU")
         return get_backend("cupy"), get_backend("numpy")
-    emulated = emulated_backend()
+    reverse = request.param.endswith("reversed")
+    emulated = emulated_backend(sms=7 if reverse else 1, reverse_order=reverse)
     if emulated is None:
         pytest.skip("no host C++ compiler to emulate the kernels with")
     return emulated, get_backend("numpy")

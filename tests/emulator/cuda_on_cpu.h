@@ -123,10 +123,24 @@ void emu_call(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
 
 inline std::mutex emu_launch_mutex;
 
+// The kernel's parameters, for the caller to check its arguments against:
+// returns their number and writes each one's size and kind (0 pointer,
+// 1 integer, 2 floating point) into sizes and kinds.
+template <typename... A>
+int emu_signature(void (*)(A...), int* sizes, int* kinds) {
+    int i = 0;
+    ((sizes[i] = (int)sizeof(A),
+      kinds[i] = std::is_pointer_v<A> ? 0 : std::is_integral_v<A> ? 1 : 2, ++i), ...);
+    return (int)sizeof...(A);
+}
+
 // Runs kernel<<<grid, block>>>(args); returns 0, or 1 if some barrier was
 // never reached by all it waits for, 2 if a shuffle named fewer than all lanes.
+// Between barriers the threads of a block take turns in the order of their
+// index, or the reverse with reverse_order set: a race that one order hides
+// (a read before the write it needs) the other shows.
 template <typename... A>
-int emu_launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
+int emu_launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args, int reverse_order) {
     std::lock_guard<std::mutex> lock(emu_launch_mutex);
     const int n = (int)(block.x * block.y * block.z);
     if (n > 1024) return 1;
@@ -157,7 +171,8 @@ int emu_launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
                 int finished = 0;
                 while (finished < n) {
                     bool progress = false;
-                    for (int t = 0; t < n; ++t) {
+                    for (int turn = 0; turn < n; ++turn) {
+                        const int t = reverse_order ? n - 1 - turn : turn;
                         EmuFiber& f = fibers[t];
                         if (f.done) continue;
                         if (f.waiting != nullptr && f.waiting->generation == f.waiting_generation) continue;
