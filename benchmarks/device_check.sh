@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU machine checks, in one call of the device tool:
-#   run: bash benchmarks/device_check.sh            (timeout_s 590; the phases below stop by 570 s)
+#   run: bash benchmarks/device_check.sh            (timeout_s 590; the phases below stop by 580 s)
 # 0. preflight: the GPU, the versions, whether the CuPy backend and gpubp.cublas work
 #    (if not, every GPU test would skip and the run would look green: it fails instead);
 # 1. the GPU-critical tests, verbose, slowest listed (cuBLAS binding, graphs vs eager, kernels);
 # 2. the rest of the suite;
-# 3. the benchmark, quick unless BENCH_ARGS says otherwise (e.g. BENCH_ARGS="" for the full one);
+# 3. each fused kernel against the plain CuPy it replaces (gpubp bench --kernels --quick);
+# 4. the benchmark, quick unless BENCH_ARGS says otherwise (e.g. BENCH_ARGS="" for the full one);
 #    its JSON is rewritten after each config, so a run cut short keeps what it measured.
 # Each phase has its own time limit, and a test that hangs has every thread's stack dumped
 # into the log (faulthandler_timeout), so whatever finished still comes back in $OUT.
@@ -47,17 +48,21 @@ timeout -k 10 200 python3 -m pytest -v "${PT[@]}" "${GPU_TESTS[@]}" 2>&1 \
 gpu_rc=${PIPESTATUS[0]}
 ignores=()
 for t in "${GPU_TESTS[@]}"; do ignores+=(--ignore="$t"); done
-timeout -k 10 120 python3 -m pytest -q "${PT[@]}" tests "${ignores[@]}" 2>&1 \
+timeout -k 10 110 python3 -m pytest -q "${PT[@]}" tests "${ignores[@]}" 2>&1 \
     | tee "$OUT/tests.log" | tail -n 15
 tests_rc=${PIPESTATUS[0]}
 
-plot=()
-python3 -c "import matplotlib" 2>/dev/null && plot=(--plot "$OUT/bench.png")
+timeout -k 10 60 python3 -m gpubp bench --kernels --quick --json "$OUT/kernels.json" \
+    2>&1 | tee "$OUT/kernels.txt" | grep -v "^  kernel .* \.\.\.$"
+kernels_rc=${PIPESTATUS[0]}
+
+# At most 8 files come back: no PNG (the JSON holds every figure).
 # shellcheck disable=SC2086
-timeout -k 10 190 python3 -m gpubp bench ${BENCH_ARGS---quick} --json "$OUT/bench.json" "${plot[@]}" \
+timeout -k 10 150 python3 -m gpubp bench ${BENCH_ARGS---quick} --json "$OUT/bench.json" \
     2>"$OUT/bench.err" | tee "$OUT/bench.txt"
 bench_rc=${PIPESTATUS[0]}
 [ "$bench_rc" -ne 0 ] && tail -n 30 "$OUT/bench.err"
-echo "preflight rc=$pre_rc gpu tests rc=$gpu_rc other tests rc=$tests_rc bench rc=$bench_rc (124: its time ran out)"
+echo "preflight rc=$pre_rc gpu tests rc=$gpu_rc other tests rc=$tests_rc kernels rc=$kernels_rc" \
+     "bench rc=$bench_rc (124: its time ran out)"
 # Never exit 124 (the device tool would read a timeout of the whole call).
-exit $(( pre_rc || gpu_rc || tests_rc || bench_rc ))
+exit $(( pre_rc || gpu_rc || tests_rc || kernels_rc || bench_rc ))

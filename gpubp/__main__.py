@@ -37,6 +37,8 @@ def main(argv=None):
     bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     bench.add_argument("--precision", default="float32", choices=["float32", "tf32", "bf16"],
                        help="precision of the matrix products (gpubp, the floor and PyTorch)")
+    bench.add_argument("--kernels", action="store_true",
+                       help="time each fused CUDA kernel against the plain CuPy it replaces (GPU only)")
     bench.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of step times (needs matplotlib)")
 
@@ -60,9 +62,33 @@ def main(argv=None):
     return 0
 
 
+def _bench_kernels(parser, args):
+    from .backends import BackendUnavailableError, get_backend, plain_cupy_backend
+    from .bench.kernels import kernel_table, run_kernels
+    from .bench.report import write_json
+    from .bench.run import environment
+    from .bench.timing import CupyEvents
+
+    try:
+        fused, unfused = get_backend("cupy"), plain_cupy_backend()
+    except BackendUnavailableError as exc:
+        parser.exit(2, f"gpubp bench --kernels needs the CuPy backend: {exc}\n")
+    rows = run_kernels(fused, unfused, CupyEvents(), quick=args.quick,
+                       log=lambda s: print(s, file=sys.stderr, flush=True))
+    meta = environment()
+    print(kernel_table(rows, meta))
+    if args.json:
+        write_json({"meta": meta, "kernels": rows}, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _bench(parser, args):
     from .bench import CONFIGS, DEFAULT_CONFIGS, Settings, custom_config, run
     from .bench.report import plot, table, write_json
+
+    if args.kernels:
+        return _bench_kernels(parser, args)
 
     names = args.config or ([] if args.layers else list(DEFAULT_CONFIGS))
     unknown = [n for n in names if n not in CONFIGS]

@@ -168,3 +168,37 @@ def test_cli_runs_the_precision_modes(tmp_path, capsys, precision):
     assert results["settings"]["precision"] == precision
     assert f"{precision} products" in printed
     assert {m["subject"] for m in results["measurements"]} == {"gpubp-numpy", "floor-numpy"}
+
+
+def test_kernel_table_runs_every_case():
+    """gpubp bench --kernels, its code paths at small sizes: the CuPy backend's
+    kernels emulated on the CPU against the NumPy definitions (no timing meant)."""
+    from _cuda_emulator import emulated_backend
+
+    from gpubp import get_backend
+    from gpubp.bench.kernels import kernel_table, run_kernels
+    from gpubp.bench.run import environment
+    from gpubp.bench.timing import HostClock
+
+    emulated = emulated_backend()
+    if emulated is None:
+        pytest.skip("no host C++ compiler to emulate the kernels with")
+    rows = run_kernels(emulated, get_backend("numpy"), HostClock(), quick=True, log=lambda s: None,
+                       scale=64)
+    assert len(rows) >= 10 and all("fused" in r and "unfused" in r and r["speedup"] > 0 for r in rows)
+    printed = kernel_table(rows, environment())
+    assert all(r["kernel"] in printed for r in rows)
+
+
+def test_kernel_table_needs_the_gpu_and_says_so(capsys):
+    if "cupy" in gpubp_backends():
+        pytest.skip("a GPU is here")
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--kernels"])
+    assert exit_.value.code == 2 and "CuPy backend" in capsys.readouterr().err
+
+
+def gpubp_backends():
+    from gpubp import available_backends
+
+    return available_backends()

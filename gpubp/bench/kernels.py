@@ -1,0 +1,156 @@
+"""Each fused kernel against what it replaces, one operation at a time.
+
+For every case, the CuPy backend's fused kernel and the same operation written
+as plain array expressions (the NumPy backend's definition on CuPy arrays:
+``gpubp-cupy-unfused``) are timed side by side, on operands the size of a
+benchmark config's. The table gives both medians, the speedup, and the
+fused kernel's effective bandwidth: the bytes it must move at the least (each
+operand read once, each result written once) over its time. That is the figure
+to hold against the card's peak (about 3.35 TB/s on an H100 SXM)::
+
+    gpubp bench --kernels [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .timing import measure
+
+F32 = 4
+
+
+def _cases(m_narrow=262144, wide=4096):
+    """(name, config it comes from, minimal bytes, setup(backend, rng) -> call)."""
+    n = m_narrow
+
+    def dense_forward(act, K, N):
+        def setup(b, rng):
+            a, w = _rand(b, rng, n, K), _rand(b, rng, K, N)
+            bias, out = _rand(b, rng, N), b.xp.empty((n, N), dtype=np.float32)
+            return lambda: b.dense_forward(a, w, bias, act, out)
+        return setup
+
+    def dense_backward(act, K, N):
+        def setup(b, rng):
+            e, w, a = _rand(b, rng, n, N), _rand(b, rng, K, N), _rand(b, rng, n, K)
+            out, db = b.xp.empty((n, K), dtype=np.float32), b.xp.empty(K, dtype=np.float32)
+            return lambda: b.dense_backward(e, w, a, act, out, db)
+        return setup
+
+    def bias_activation(act, rows, cols):
+        def setup(b, rng):
+            z, bias = _rand(b, rng, rows, cols), _rand(b, rng, cols)
+            return lambda: b.bias_activation(z, bias, act)
+        return setup
+
+    def activation_backward(act, rows, cols):
+        def setup(b, rng):
+            err, a = _rand(b, rng, rows, cols), _rand(b, rng, rows, cols)
+            out = b.xp.empty((rows, cols), dtype=np.float32)
+            return lambda: b.activation_backward(err, a, act, out)
+        return setup
+
+    def bias_grad(rows, cols):
+        def setup(b, rng):
+            delta, out = _rand(b, rng, rows, cols), b.xp.empty(cols, dtype=np.float32)
+            return lambda: b.bias_grad(delta, out)
+        return setup
+
+    def softmax_ce(rows, k):
+        def setup(b, rng):
+            z = _rand(b, rng, rows, k)
+            labels = b.asarray(rng.integers(0, k, size=rows).astype(np.int32))
+            delta, loss = b.xp.empty((rows, k), dtype=np.float32), b.xp.zeros((), dtype=np.float64)
+            return lambda: b.softmax_cross_entropy(z, None, labels, delta, loss, 1.0 / rows)
+        return setup
+
+    def mse(rows, k):
+        def setup(b, rng):
+            z, y = _rand(b, rng, rows, k), _rand(b, rng, rows, k)
+            delta, loss = b.xp.empty((rows, k), dtype=np.float32), b.xp.zeros((), dtype=np.float64)
+            return lambda: b.pointwise_loss(z, y, "mse_identity", delta, loss, 1.0 / rows)
+        return setup
+
+    def adam(size):
+        def setup(b, rng):
+            p, g, m = (_rand(b, rng, size) for _ in range(3))
+            v = b.xp.abs(_rand(b, rng, size))
+            step, coef = b.xp.zeros(1, dtype=np.int32), b.xp.zeros(2, dtype=np.float64)
+            return lambda: b.adam(p, g, m, v, step, coef, 1e-3, 1.0, 0.9, 0.999, 1e-8)
+        return setup
+
+    def gather(rows, cols):
+        def setup(b, rng):
+            src = _rand(b, rng, rows, cols)
+            order = b.asarray(rng.permutation(rows).astype(np.int64))
+            offset, out = b.xp.zeros(1, dtype=np.int64), b.xp.empty((rows, cols), dtype=np.float32)
+            return lambda: b.gather_rows(src, order, offset, out)
+        return setup
+
+    big = wide * wide
+    n_adam = 3 * wide * wide + 3 * wide                  # the large config's parameters
+    return [
+        ("dense_forward relu 64->64", "narrow", F32 * (2 * n * 64 + 64 * 64 + 64),
+         dense_forward("relu", 64, 64)),
+        ("dense_forward identity 64->16", "narrow", F32 * (n * 64 + n * 16 + 64 * 16 + 16),
+         dense_forward("identity", 64, 16)),
+        ("dense_backward relu 64<-64", "narrow", F32 * (3 * n * 64 + 64 * 64 + 64),
+         dense_backward("relu", 64, 64)),
+        ("bias_activation sigmoid", "large", F32 * (2 * big + wide),
+         bias_activation("sigmoid", wide, wide)),
+        ("activation_backward sigmoid", "large", F32 * 3 * big,
+         activation_backward("sigmoid", wide, wide)),
+        ("bias_grad 262144x64", "narrow", F32 * (n * 64 + 64), bias_grad(n, 64)),
+        ("bias_grad 4096x4096", "large", F32 * (big + wide), bias_grad(wide, wide)),
+        ("softmax_cross_entropy 1024x10", "medium", F32 * 2 * 1024 * 10 + 4 * 1024,
+         softmax_ce(1024, 10)),
+        ("pointwise_loss mse 262144x16", "narrow", F32 * 3 * n * 16, mse(n, 16)),
+        ("adam 50M parameters", "large", F32 * 7 * n_adam, adam(n_adam)),
+        ("gather_rows 262144x64", "narrow", F32 * 2 * n * 64 + 8 * n, gather(n, 64)),
+    ]
+
+
+def _rand(backend, rng, *shape):
+    return backend.asarray(rng.standard_normal(shape, dtype=np.float32))
+
+
+def run_kernels(fused, unfused, clock, quick=False, log=print, scale=1):
+    """Times every case on both backends; ``scale`` divides the operand sizes
+    (for smoke tests). Returns a list of JSON-ready rows."""
+    rows = []
+    rng = np.random.default_rng(0)
+    repeat = 5 if quick else 30
+    for name, config, nbytes, setup in _cases(262144 // scale, 4096 // scale):
+        log(f"  kernel {name} ...")
+        row = {"kernel": name, "config": config, "bytes": nbytes}
+        for label, backend in (("fused", fused), ("unfused", unfused)):
+            try:
+                call = setup(backend, rng)
+            except Exception as exc:  # an operation one side cannot run is reported
+                row[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
+                continue
+            row[label] = measure(call, clock, repeat=repeat, warmup=2, budget_s=5.0).to_dict()
+            del call
+        if "fused" in row:
+            row["fused_gb_s"] = row["bytes"] / (row["fused"]["median_us"] * 1e3)
+            if "unfused" in row:
+                row["speedup"] = row["unfused"]["median_us"] / row["fused"]["median_us"]
+        rows.append(row)
+    return rows
+
+
+def kernel_table(rows, meta):
+    lines = [f"gpubp bench --kernels  {meta['date']}  gpu: {meta['gpu'] or 'none'}",
+             f"  {'kernel':<32}{'config':>8}{'fused µs':>11}{'unfused µs':>12}{'speedup':>9}"
+             f"{'fused GB/s':>12}"]
+    for r in rows:
+        fused = f"{r['fused']['median_us']:.1f}" if "fused" in r else "failed"
+        unfused = f"{r['unfused']['median_us']:.1f}" if "unfused" in r else "failed"
+        speed = f"{r['speedup']:.2f}" if "speedup" in r else "-"
+        bw = f"{r['fused_gb_s']:.0f}" if "fused_gb_s" in r else "-"
+        lines.append(f"  {r['kernel']:<32}{r['config']:>8}{fused:>11}{unfused:>12}{speed:>9}{bw:>12}")
+        for label in ("fused", "unfused"):
+            if f"{label}_error" in r:
+                lines.append(f"    {label}: {r[f'{label}_error']}")
+    return "\n".join(lines)
