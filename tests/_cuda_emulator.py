@@ -48,10 +48,20 @@ class EmulationError(RuntimeError):
     pass
 
 
+_SHARED = re.compile(r"^(\s*)__shared__\s+[^;]*?\b(\w+)\s*(\[[^;]*\])?\s*;", re.MULTILINE)
+
+
+def _fresh_shared(src):
+    """After each __shared__ declaration, a call that refills it with garbage
+    when a new block reaches it (emu_fresh_shared in the shim)."""
+    return _SHARED.sub(lambda m: f"{m.group(0)} static long emu_seen_{m.group(2)} = -1; "
+                                 f"emu_fresh_shared({m.group(2)}, emu_seen_{m.group(2)});", src)
+
+
 def _wrapper_source(name):
     """kernels/NAME.cu (common.cuh pasted in) behind the shim, plus one C entry
     point per kernel it exports: ``symbol -> kernel expression``."""
-    src = kernels.source(name)
+    src = _fresh_shared(kernels.source(name))
     entries, lines = {}, []
     for i, expr in enumerate(kernels.instantiations(name) + _EXTERN_C.findall(src)):
         symbol = f"emu_kernel_{i}"

@@ -7,7 +7,7 @@
 // (__syncthreads over the block; a warp shuffle's exchange over its warp) or
 // ends, and a barrier lets its fibers go on once every one it waits for has
 // arrived. __shared__ variables become statics, which the (one running) block
-// shares. A barrier that some fiber never reaches (a shuffle or __syncthreads
+// shares, filled with 0xFF bytes whenever a new block starts. A barrier that some fiber never reaches (a shuffle or __syncthreads
 // under divergent control flow, undefined in CUDA) is reported, not hung on.
 //
 // Arguments arrive as CUDA's kernelParams do: an array of pointers to each
@@ -65,6 +65,19 @@ inline EmuBarrier emu_block_barrier;
 inline std::vector<EmuBarrier> emu_warp_barriers;
 inline unsigned char emu_warp_values[32][32][8];  // [warp][lane]: a shuffle's exchange
 inline std::function<void()> emu_body;
+inline long emu_block_serial = 0;                // which block runs: shared memory is new in each
+
+// Shared memory is garbage when a block starts; here every byte is 0xFF (a NaN
+// in floating point) at the first declaration a block reaches, so a read
+// before the block's own write shows. _cuda_emulator.py puts a call after
+// each __shared__ declaration.
+template <typename T>
+void emu_fresh_shared(T& array, long& block_seen) {
+    if (block_seen != emu_block_serial) {
+        std::memset(&array, 0xFF, sizeof array);
+        block_seen = emu_block_serial;
+    }
+}
 inline bool emu_bad_mask = false;
 
 inline void emu_wait(EmuBarrier& barrier) {
@@ -155,6 +168,7 @@ int emu_launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args, int rev
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 blockIdx = dim3{bx, by, bz};
+                ++emu_block_serial;
                 emu_block_barrier = EmuBarrier{n};
                 emu_warp_barriers.assign(n_warps, EmuBarrier{});
                 for (int w = 0; w < n_warps; ++w) emu_warp_barriers[w].n = std::min(32, n - 32 * w);
