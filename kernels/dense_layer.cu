@@ -55,6 +55,24 @@ __device__ __forceinline__ void gpubp_dl_stage(float (*tile)[GPUBP_DL_ROWS + 1],
 // contiguous 128-byte runs.
 __device__ __forceinline__ int gpubp_dl_col(int cg, int c) { return 4 * cg + (c & 3) + 32 * (c >> 2); }
 
+// A thread's piece of the tile's product: acc[q][c] = sum over l < len of
+// tile[l][4 rg + q] * wsh[l][gpubp_dl_col(cg, c)] (tile: the rows' inputs,
+// transposed; wsh: the weights, l the summed index).
+__device__ __forceinline__ void gpubp_dl_product(float (&acc)[4][8],
+                                                 const float (*tile)[GPUBP_DL_ROWS + 1],
+                                                 const float (*wsh)[GPUBP_DL_MAX],
+                                                 int len, int rg, int cg) {
+    for (int q = 0; q < 4; ++q)
+        for (int c = 0; c < 8; ++c) acc[q][c] = 0.0f;
+    for (int l = 0; l < len; ++l) {
+        float x[4], y[8];
+        for (int q = 0; q < 4; ++q) x[q] = tile[l][4 * rg + q];
+        for (int c = 0; c < 8; ++c) y[c] = wsh[l][gpubp_dl_col(cg, c)];
+        for (int q = 0; q < 4; ++q)
+            for (int c = 0; c < 8; ++c) acc[q][c] += x[q] * y[c];
+    }
+}
+
 template <int ACT>
 __global__ void dense_forward(const float* __restrict__ a, const float* __restrict__ w,
                               const float* __restrict__ b, float* __restrict__ z,
@@ -74,14 +92,8 @@ __global__ void dense_forward(const float* __restrict__ a, const float* __restri
         __syncthreads();                                       // the last tile is read
         gpubp_dl_stage(as, a, row0, m, K);
         __syncthreads();
-        float acc[4][8] = {};
-        for (int k = 0; k < K; ++k) {
-            float ar[4], wr[8];
-            for (int q = 0; q < 4; ++q) ar[q] = as[k][4 * rg + q];
-            for (int c = 0; c < 8; ++c) wr[c] = ws[k][gpubp_dl_col(cg, c)];
-            for (int q = 0; q < 4; ++q)
-                for (int c = 0; c < 8; ++c) acc[q][c] += ar[q] * wr[c];
-        }
+        float acc[4][8];
+        gpubp_dl_product(acc, as, ws, K, rg, cg);
         for (int q = 0; q < 4; ++q) {
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
@@ -112,14 +124,8 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
         __syncthreads();
         gpubp_dl_stage(es, e, row0, m, N);
         __syncthreads();
-        float acc[4][8] = {};
-        for (int j = 0; j < N; ++j) {
-            float er[4], wr[8];
-            for (int q = 0; q < 4; ++q) er[q] = es[j][4 * rg + q];
-            for (int c = 0; c < 8; ++c) wr[c] = wt[j][gpubp_dl_col(cg, c)];
-            for (int q = 0; q < 4; ++q)
-                for (int c = 0; c < 8; ++c) acc[q][c] += er[q] * wr[c];
-        }
+        float acc[4][8];
+        gpubp_dl_product(acc, es, wt, N, rg, cg);
         for (int q = 0; q < 4; ++q) {
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
