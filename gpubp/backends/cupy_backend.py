@@ -39,6 +39,7 @@ class CupyBackend:
         self._kernels = kernels                     # where the compiled kernels come from
         self._local = threading.local()             # this thread's Gemm, capture flag
         self.gemm_problem = None
+        self._graphs_checked, self._graphs_problem = False, None    # see graphs_problem
 
     # -- moving arrays -----------------------------------------------------
     def asarray(self, a, dtype=None):
@@ -119,7 +120,7 @@ class CupyBackend:
         Graphs need gpubp.cublas (CuPy's cuBLAS calls cannot be captured), so
         once per backend its products (float32, float64, transposed operands)
         are checked against cupy.matmul before any graph relies on them."""
-        if getattr(self, "_graphs_checked", False):
+        if self._graphs_checked:
             return self._graphs_problem
         self._graphs_checked, self._graphs_problem = True, None
         gemm = self._direct_gemm()
