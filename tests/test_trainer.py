@@ -284,15 +284,6 @@ def test_a_captured_step_allocates_nothing(rng):
         assert trainer.graphs_off_reason is None, precision   # capture() refuses allocations
 
 
-def _emulated_backend():
-    from _cuda_emulator import emulated_backend
-
-    backend = emulated_backend()
-    if backend is None:
-        pytest.skip("no host C++ compiler to emulate the kernels with")
-    return backend
-
-
 @pytest.mark.parametrize("optimizer", ["adamw", "nesterov"])
 def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer):
     """Graph mode without a GPU: the CuPy backend's kernels emulated on the CPU,
@@ -300,7 +291,9 @@ def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer):
     values they had then (tests/_cuda_emulator.py). Replays read each batch's
     place and Adam's step from the device, so they end bit for bit where eager
     launches do; graphs follow a change of learning rate."""
-    backend = _emulated_backend()
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend()
     X, y = rng.normal(size=(100, 6)).astype(np.float32), rng.integers(0, 4, size=100)
 
     def train(cuda_graphs):
