@@ -3,7 +3,12 @@ on the device through the backend's fused operations."""
 
 from __future__ import annotations
 
+import json
 import numbers
+import os
+import uuid
+import zipfile
+from pathlib import Path
 
 import numpy as np
 
@@ -273,6 +278,68 @@ class MLP:
             result["accuracy"] = float(correct) / X.shape[0]
         return result
 
+    # -- saving --------------------------------------------------------------
+    _FORMAT = "gpubp.MLP/1"
+
+    def save(self, path):
+        """Write the model to ``path`` (exactly that name) as a NumPy ``.npz``:
+        ``W0, b0, W1, b1, ...`` as arrays of the model's dtype and the
+        architecture as JSON under ``gpubp_model``; no pickles. The file is
+        replaced atomically, so a checkpoint written during training is never
+        half-written. The optimizer's state is not saved. Returns the path."""
+        path = _check_path(path)
+        config = {"format": self._FORMAT, "layer_sizes": self.layer_sizes,
+                  "activation": self.activation, "output": self.output,
+                  "dtype": self.dtype.name, "precision": self.precision}
+        arrays = {"gpubp_model": np.array(json.dumps(config))}
+        for layer, (w, b) in enumerate(self.get_params()):
+            arrays[f"W{layer}"], arrays[f"b{layer}"] = w, b
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")   # same folder: replace is atomic
+        try:
+            with open(tmp, "xb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path, backend="auto"):
+        """The model written by :meth:`save`, on ``backend`` (any backend: a model
+        saved from the GPU loads on the CPU and back)."""
+        path = _check_path(path)
+        not_ours = f"path {str(path)!r} is not a model saved by gpubp"
+        try:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one array, not an .npz archive")
+            with data:
+                arrays = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{not_ours} ({exc})") from exc
+        try:
+            config = json.loads(str(arrays.pop("gpubp_model")))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{not_ours} (no readable 'gpubp_model' entry)") from exc
+        if not isinstance(config, dict) or config.get("format") != cls._FORMAT:
+            found = config.get("format") if isinstance(config, dict) else config
+            raise ValueError(f"path {str(path)!r} holds format {found!r}; this gpubp reads {cls._FORMAT!r}")
+        missing = {"layer_sizes", "activation", "output", "dtype", "precision"} - set(config)
+        if missing:
+            raise ValueError(f"{not_ours} (its 'gpubp_model' entry lacks {sorted(missing)})")
+        model = cls(config["layer_sizes"], activation=config["activation"], output=config["output"],
+                    backend=backend, dtype=config["dtype"], precision=config["precision"])
+        expected = {f"{k}{layer}" for layer in range(model.n_layers) for k in "Wb"}
+        if set(arrays) != expected:
+            raise ValueError(f"path {str(path)!r} holds arrays {sorted(arrays)}; "
+                             f"a {model.layer_sizes} model has {sorted(expected)}")
+        model.set_params([(arrays[f"W{layer}"], arrays[f"b{layer}"])
+                          for layer in range(model.n_layers)])
+        return model
+
     def __repr__(self):
         extra = "" if self.precision == "float32" else f", precision={self.precision!r}"
         return (f"MLP({self.layer_sizes}, activation={self.activation!r}, output={self.output!r}, "
@@ -282,6 +349,12 @@ class MLP:
 def _host_copy(backend, a):
     """A NumPy array that shares no memory with the model's buffers."""
     return np.array(a, copy=True) if backend.name == "numpy" else backend.to_numpy(a)
+
+
+def _check_path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    return Path(path)
 
 
 def _check_layer_sizes(layer_sizes):
