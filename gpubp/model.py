@@ -21,6 +21,11 @@ ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
 DTYPES = ("float32", "float64")
 
 
+# Evaluation (forward, predict, evaluate, validation) holds at most this many
+# bytes of activations and deltas at once: larger inputs go through in chunks of rows.
+EVAL_BYTES = 256 << 20
+
+
 class _Buffers:
     """Per-batch-shape work arrays: each layer's activation and delta, and a
     float64 loss accumulator. Allocated once per batch size and reused."""
@@ -29,6 +34,14 @@ class _Buffers:
         self.acts = [None] + [xp.empty((m, n), dtype=dtype) for n in sizes[1:]]
         self.deltas = [None] + [xp.empty((m, n), dtype=dtype) for n in sizes[1:]]
         self.loss = xp.zeros((), dtype=np.float64)
+
+    def head(self, m):
+        """The same buffers cut to their first m rows (still C-contiguous)."""
+        cut = object.__new__(_Buffers)
+        cut.acts = [None] + [a[:m] for a in self.acts[1:]]
+        cut.deltas = [None] + [d[:m] for d in self.deltas[1:]]
+        cut.loss = self.loss
+        return cut
 
 
 class MLP:
@@ -209,38 +222,59 @@ class MLP:
             n = self.n_weights
             self.backend.l2_penalty(self.params[:n], self.grads[:n], loss_acc, l2, m)
 
+    def _chunks(self, n):
+        """Evaluation buffers for n rows and the row ranges to run through them:
+        one range unless the activations would take more than EVAL_BYTES."""
+        per_row = 2 * self.dtype.itemsize * sum(self.layer_sizes[1:])
+        rows = max(1, min(n, EVAL_BYTES // per_row))
+        bufs = _Buffers(self.xp, self.layer_sizes, rows, self.dtype)
+        return bufs, [(s, min(s + rows, n)) for s in range(0, n, rows)]
+
     def _objective(self, X, dense, labels, kind, l2):
         """Device scalars ``(m * objective, correct predictions or None)`` for
         evaluation; leaves ``grads`` alone."""
         xp = self.xp
         m = X.shape[0]
-        bufs = _Buffers(xp, self.layer_sizes, m, self.dtype)
-        logits = self._forward(X, bufs)
-        self._output_delta(logits, dense, labels, kind, bufs.deltas[-1], bufs.loss, 1.0 / m)
+        bufs, chunks = self._chunks(m)
+        correct = None if self.output not in ("softmax", "sigmoid") else 0
+        for s, e in chunks:
+            part = bufs.head(e - s)
+            d = None if dense is None else dense[s:e]
+            t = None if labels is None else labels[s:e]
+            logits = self._forward(X[s:e], part)
+            self._output_delta(logits, d, t, kind, part.deltas[-1], bufs.loss, 1.0 / m)
+            if self.output == "softmax":
+                truth = t if t is not None else xp.argmax(d, axis=1)
+                correct = correct + xp.count_nonzero(xp.argmax(logits, axis=1) == truth)
+            elif self.output == "sigmoid":
+                # Over every output: each counts 1/k of an example.
+                correct = correct + xp.count_nonzero((logits > 0) == (d > 0.5)) / logits.shape[1]
         total = bufs.loss
         if l2:
             w = self.params[: self.n_weights]
             w64 = w.astype(np.float64)                 # accumulate in double, as the kernel does
             total = total + 0.5 * l2 * xp.dot(w64, w64)
-        correct = None
-        if self.output == "softmax":
-            truth = labels if labels is not None else xp.argmax(dense, axis=1)
-            correct = xp.count_nonzero(xp.argmax(logits, axis=1) == truth)
-        elif self.output == "sigmoid":
-            # Over every output: each counts 1/k of an example.
-            correct = xp.count_nonzero((logits > 0) == (dense > 0.5)) / logits.shape[1]
         return total, correct
 
     # -- public --------------------------------------------------------------
     def forward(self, X):
         """The network's output for X (after the output activation), as an array
-        on the model's backend."""
+        on the model's backend. Inputs whose activations would take more than
+        ``gpubp.model.EVAL_BYTES`` (256 MiB) go through in chunks of rows."""
         X, _, _ = self._device_data(X)
-        bufs = _Buffers(self.xp, self.layer_sizes, X.shape[0], self.dtype)
-        if self.output == "softmax":
-            logits = self._forward(X, bufs)
-            return self.backend.softmax(logits, out=bufs.deltas[-1])
-        return self._forward(X, bufs, last=self.output)
+        bufs, chunks = self._chunks(X.shape[0])
+        if len(chunks) == 1:
+            out = bufs.deltas[-1]
+        else:
+            out = self.xp.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
+        for s, e in chunks:
+            part = bufs.head(e - s)
+            if self.output == "softmax":
+                self.backend.softmax(self._forward(X[s:e], part), out=out[s:e])
+            else:
+                part.acts[-1] = out[s:e]      # the output layer writes straight into out
+                self._forward(X[s:e], part, last=self.output)
+        return out
 
     def predict(self, X):
         """The network's output for X as a NumPy array on the host."""

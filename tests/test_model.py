@@ -133,3 +133,51 @@ def test_one_output_regression_takes_1d_targets(backend, rng):
     model = gpubp.MLP([3, 4, 1], output="identity", backend=backend, dtype="float64")
     X, y = rng.normal(size=(6, 3)), rng.normal(size=6)
     assert model.loss_and_grads(X, y)[0] == model.loss_and_grads(X, y[:, None])[0]
+
+
+def _chunk_backends():
+    from _helpers import BACKENDS
+
+    return list(BACKENDS) + ["emulated"]
+
+
+@pytest.mark.parametrize("which", _chunk_backends())
+@pytest.mark.parametrize("output,loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"),
+                                         ("identity", "mse")])
+def test_large_inputs_are_evaluated_in_chunks_with_the_same_results(rng, monkeypatch, which,
+                                                                    output, loss):
+    """forward, predict, evaluate and fit's validation run inputs whose
+    activations exceed gpubp.model.EVAL_BYTES in chunks of rows (here 7 rows,
+    50 rows in all: 8 chunks, the last of 1), with the results of one pass."""
+    import gpubp.model
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend() if which == "emulated" else which
+    sizes = [5, 9, 4]
+    model = gpubp.MLP(sizes, activation="tanh", output=output, backend=backend,
+                      seed=int(rng.integers(100)))
+    X = rng.normal(size=(50, 5)).astype(np.float32)
+    Y = (rng.integers(0, 4, size=50) if output == "softmax"
+         else (rng.random((50, 4)) > 0.5).astype(np.float32) if output == "sigmoid"
+         else rng.normal(size=(50, 4)).astype(np.float32))
+    whole = (model.predict(X), model.evaluate(X, Y, l2=0.1))
+    trainer = gpubp.Trainer(model, loss=loss, batch_size=16, seed=1)
+    state = model.get_params()
+    h_whole = trainer.fit(X, Y, epochs=2, validation_data=(X, Y))
+
+    monkeypatch.setattr(gpubp.model, "EVAL_BYTES", 7 * 2 * 4 * sum(sizes[1:]))
+    _, chunks = model._chunks(50)
+    assert len(chunks) == 8 and chunks[-1] == (49, 50)
+    model.set_params(state)
+    trainer = gpubp.Trainer(model, loss=loss, batch_size=16, seed=1)
+    h_chunked = trainer.fit(X, Y, epochs=2, validation_data=(X, Y))
+    model.set_params(state)
+    chunked = (model.predict(X), model.evaluate(X, Y, l2=0.1))
+    assert chunked[0].shape == (50, 4)
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-5, atol=1e-6)
+    assert chunked[1].keys() == whole[1].keys()
+    for key in whole[1]:
+        np.testing.assert_allclose(chunked[1][key], whole[1][key], rtol=1e-5)
+    np.testing.assert_allclose(h_chunked["loss"], h_whole["loss"], rtol=1e-5)
+    for key in h_whole:
+        np.testing.assert_allclose(h_chunked[key], h_whole[key], rtol=1e-5)
