@@ -196,3 +196,22 @@ def test_kernel_table_needs_the_gpu_and_says_so(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--kernels"])
     assert exit_.value.code == 2 and "CuPy backend" in capsys.readouterr().err
+
+
+def test_pytorch_peer_sets_tf32_through_the_current_api():
+    """precision "tf32" lets PyTorch's CUDA matmuls use TF32 and "float32"
+    forbids it, through fp32_precision where PyTorch has it (2.9 deprecates
+    allow_tf32)."""
+    torch = pytest.importorskip("torch")
+    from gpubp.bench.torch_peer import _cuda_matmul_tf32
+
+    matmul = torch.backends.cuda.matmul
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    before = getattr(matmul, name)
+    try:
+        _cuda_matmul_tf32(torch, True)
+        assert getattr(matmul, name) in ("tf32", True)
+        _cuda_matmul_tf32(torch, False)
+        assert getattr(matmul, name) in ("ieee", False)
+    finally:
+        setattr(matmul, name, before)

@@ -18,6 +18,16 @@ def torch_version():
     return torch.__version__
 
 
+def _cuda_matmul_tf32(torch, on):
+    """Let PyTorch's fp32 CUDA matmuls use TF32 or not: through
+    ``fp32_precision`` where PyTorch has it (``allow_tf32`` is deprecated after 2.9)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32" if on else "ieee"
+    else:
+        matmul.allow_tf32 = on
+
+
 class TorchWorkload:
     def __init__(self, config, device, params, n_batches, graph=False, precision="float32"):
         import torch
@@ -27,7 +37,7 @@ class TorchWorkload:
         self.config = config
         self.precision = precision
         if device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+            _cuda_matmul_tf32(torch, precision == "tf32")
         acts = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU,
                 "leaky_relu": lambda: nn.LeakyReLU(0.01), "identity": nn.Identity}
         layers = []
@@ -131,7 +141,7 @@ class TorchGemmFloor:
 
         self.config = config
         if device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+            _cuda_matmul_tf32(torch, precision == "tf32")
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         gen = torch.Generator().manual_seed(1)
 
