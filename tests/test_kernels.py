@@ -79,6 +79,29 @@ def test_activation_backward_preamble_compiles_with_nvrtc():
             options=kernels.COMPILE_OPTIONS + ("--gpu-architecture=compute_90",))
 
 
+def test_activation_backward_preamble_compiles_after_cupys_elementwise_headers():
+    """A cupy.ElementwiseKernel's source starts with CuPy's own headers (complex,
+    carray, atomics, math constants) and is compiled with CuPy's include paths:
+    the preamble must not clash with anything they define."""
+    program = _nvrtc_program()
+    from cupy._core import core
+
+    headers = getattr(core, "_cupy_header_list", None)
+    assemble = getattr(core, "assemble_cupy_compiler_options", None)
+    if headers is None or assemble is None:
+        pytest.skip("this CuPy does not expose its elementwise headers and options")
+    calls = "\n".join(
+        f"  out[i * {len(kernels.ACTIVATION_CODES)} + {j}] = activation_backward<{code}>(err[i], a[i]);"
+        for j, code in enumerate(kernels.ACTIVATION_CODES.values())
+    )
+    for t in ("float", "double"):
+        src = ("".join(f"#include <{h}>\n" for h in headers) + kernels.source("activation_backward")
+               + f'\nextern "C" __global__ void probe(const {t}* err, const {t}* a, {t}* out, int n) {{\n'
+               f"  for (int i = threadIdx.x; i < n; i += blockDim.x) {{\n{calls}\n  }}\n}}\n")
+        program(src, name="probe.cu").compile(
+            options=tuple(assemble(kernels.COMPILE_OPTIONS)) + ("--gpu-architecture=compute_90",))
+
+
 # -- CuPy against NumPy ---------------------------------------------------------
 
 @pytest.fixture(scope="module", params=["gpu", "emulated", "emulated-7sm-reversed"])
