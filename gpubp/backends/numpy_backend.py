@@ -58,7 +58,9 @@ class WorkArrays:
         """A work array of ``like``'s shape and dtype."""
         return self.empty(like.shape, like.dtype, slot)
 
-    def empty(self, shape, dtype, slot=0):
+    def empty(self, shape, dtype, slot=0, init=None):
+        """A work array; ``init(array)`` fills a new one (for constants such as
+        row numbers: the slot must then never be written to)."""
         arrays = self._arrays()
         key = (tuple(shape), np.dtype(dtype).str, slot)
         buf = arrays.get(key)
@@ -67,9 +69,19 @@ class WorkArrays:
                 while len(arrays) >= self.LIMIT:
                     arrays.popitem(last=False)
             buf = arrays[key] = self.xp.empty(shape, dtype=dtype)
+            if init is not None:
+                init(buf)
         else:
             arrays.move_to_end(key)
         return buf
+
+
+def _take(xp, a, indices, out, axis=None):
+    """out = a.take(indices, axis) for indices known to be in range. NumPy's
+    default mode ("raise") writes into a copy of out first; "clip" does not."""
+    if xp is np:
+        return np.take(a, indices, axis=axis, out=out, mode="clip")
+    return xp.take(a, indices, axis=axis, out=out)
 
 
 def round_operands(xp, work, a, b, precision):
@@ -156,26 +168,42 @@ class NumpyBackend:
         ``y`` holds dense targets (variant 0) or is None and ``labels`` holds
         integer classes (variant 1). delta = scale (p sum(y) - y); loss += sum y (lse - z).
         """
-        xp = self.xp
-        zmax = z.max(axis=1, keepdims=True)
+        xp, (m, k) = self.xp, z.shape
+        zmax, sums, lse = (self._work.empty((m, 1), z.dtype, slot) for slot in ("zmax", "sums", "lse"))
+        xp.max(z, axis=1, keepdims=True, out=zmax)
         xp.subtract(z, zmax, out=delta)
         xp.exp(delta, out=delta)
-        sums = delta.sum(axis=1, keepdims=True)
-        lse = zmax + xp.log(sums)
+        xp.sum(delta, axis=1, keepdims=True, out=sums)
+        xp.log(sums, out=lse)                           # lse = zmax + log(sums)
+        lse += zmax
         delta /= sums                                   # delta = p
-        if y is None:
-            rows = xp.arange(z.shape[0])
-            loss += xp.sum(lse[:, 0] - z[rows, labels], dtype=np.float64)
-            delta[rows, labels] -= 1
+        if y is None:                                   # row i's label at flat index i k + label
+            at = self._work.empty((m,), np.int64, "label_at")
+            xp.multiply(self._row_numbers(m), k, out=at)
+            at += labels
+            picked = self._work.empty((m,), z.dtype, "picked")
+            _take(xp, z.reshape(-1), at, picked)        # z[i, label]
+            xp.subtract(lse[:, 0], picked, out=picked)
+            loss += xp.sum(picked, dtype=np.float64)
+            flat = delta.reshape(-1)
+            _take(xp, flat, at, picked)                 # delta[i, label] -= 1
+            picked -= 1
+            xp.put(flat, at, picked)
         else:
             s = self._work(z)
             xp.subtract(lse, z, out=s)
             s *= y
             loss += xp.sum(s, dtype=np.float64)
-            delta *= y.sum(axis=1, keepdims=True)
+            xp.sum(y, axis=1, keepdims=True, out=sums)
+            delta *= sums
             delta -= y
         delta *= scale
         return delta
+
+    def _row_numbers(self, m):
+        """0, 1, ..., m - 1 as int64 (a constant work array)."""
+        return self._work.empty((m,), np.int64, "row_numbers",
+                                init=lambda a: a.__setitem__(Ellipsis, self.xp.arange(m)))
 
     def pointwise_loss(self, z, y, kind, delta, loss, scale):
         """Elementwise output + loss from the logits (kernels/pointwise_loss.cu).
@@ -264,9 +292,7 @@ class NumpyBackend:
         is a 1-element int64 array."""
         start = int(offset[0])                         # on CuPy arrays a read-back; the
         rows = order[start:start + out.shape[0]]       # unfused GPU path never gathers
-        if self.xp is np:                              # rows are in range; NumPy's default
-            return np.take(src, rows, axis=0, out=out, mode="clip")   # mode copies out first
-        return self.xp.take(src, rows, axis=0, out=out)
+        return _take(self.xp, src, rows, out, axis=0)
 
     def advance_offset(self, offset, m):
         """offset += m (kernels/gather_rows.cu)."""
