@@ -138,6 +138,33 @@ def test_a_run_hands_over_what_it_measured_after_each_config():
     assert snapshots[1]["measurements"] == results["measurements"]
 
 
+def test_a_workload_that_fails_is_reported_and_the_run_goes_on(monkeypatch):
+    """On a lent GPU one failing path (a peer, the unfused CuPy step) must not
+    cost the rest of the run: the failure is listed with its reason, the other
+    workloads and configs are still timed."""
+    from gpubp.bench import workloads
+    from gpubp.bench.report import table
+
+    def broken_step(self):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(workloads.GpubpWorkload, "step", broken_step)
+    configs = [Config("a", (5, 4, 3), 4), Config("b", (6, 3), 2)]
+    results = run(configs, ["numpy"], Settings(quick=True, repeat=1, use_torch=False),
+                  log=lambda s: None)
+    assert results["complete"]
+    timed = {(m["config"], m["subject"], m["workload"]) for m in results["measurements"]}
+    for name in ("a", "b"):
+        assert {(name, "gpubp-numpy", "forward"), (name, "gpubp-numpy", "epoch"),
+                (name, "floor-numpy", "step")} <= timed
+        assert (name, "gpubp-numpy", "step") not in timed
+        (failed,) = [s for s in results["skipped"]
+                     if s["config"] == name and s["subject"] == "gpubp-numpy"]
+        assert failed["workload"] == "step"
+        assert failed["reason"] == "step failed: RuntimeError: planted failure"
+    assert "gpubp-numpy         skipped: step failed: RuntimeError: planted failure" in table(results)
+
+
 def test_every_config_in_the_matrix_runs_on_numpy():
     tiny = Config("t", (6, 5, 5, 3), 4, activation="relu", output="sigmoid", loss="mse")
     results = run([tiny], ["numpy"], Settings(quick=True, repeat=1, use_torch=True), log=lambda s: None)
@@ -186,6 +213,26 @@ def test_kernel_table_runs_every_case():
     assert len(rows) >= 10 and all("fused" in r and "unfused" in r and r["speedup"] > 0 for r in rows)
     printed = kernel_table(rows, environment())
     assert all(r["kernel"] in printed for r in rows)
+
+
+def test_a_kernel_that_fails_to_run_is_reported_and_the_table_goes_on():
+    from gpubp import get_backend
+    from gpubp.bench.kernels import kernel_table, run_kernels
+    from gpubp.bench.run import environment
+    from gpubp.bench.timing import HostClock
+
+    numpy = get_backend("numpy")
+
+    class Broken(type(numpy)):
+        def adam(self, *args, **kwargs):
+            raise RuntimeError("planted failure")
+
+    rows = run_kernels(Broken(), numpy, HostClock(), quick=True, log=lambda s: None, scale=64)
+    (adam,) = [r for r in rows if r["kernel"].startswith("adam")]
+    assert adam["fused_error"] == "RuntimeError: planted failure" and "unfused" in adam
+    assert all("fused" in r for r in rows if r is not adam)
+    printed = kernel_table(rows, environment())
+    assert "fused: RuntimeError: planted failure" in printed
 
 
 def test_kernel_table_needs_the_gpu_and_says_so(capsys):

@@ -125,13 +125,13 @@ def run_kernels(fused, unfused, clock, quick=False, log=print, scale=1):
         log(f"  kernel {name} ...")
         row = {"kernel": name, "config": config, "bytes": nbytes}
         for label, backend in (("fused", fused), ("unfused", unfused)):
-            try:
+            try:  # an operation one side cannot set up or run is reported; the table goes on
                 call = setup(backend, rng)
-            except Exception as exc:  # an operation one side cannot run is reported
+                row[label] = measure(call, clock, repeat=repeat, warmup=2, budget_s=5.0).to_dict()
+                del call
+            except Exception as exc:
                 row[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
-                continue
-            row[label] = measure(call, clock, repeat=repeat, warmup=2, budget_s=5.0).to_dict()
-            del call
+                log(f"  kernel {name}: {label} failed: {row[f'{label}_error']}")
         if "fused" in row:
             row["fused_gb_s"] = row["bytes"] / (row["fused"]["median_us"] * 1e3)
             if "unfused" in row:

@@ -188,9 +188,17 @@ def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=pri
                     _free_gpu()
                     continue
                 for workload in workloads:
-                    timing = measure(getattr(work, workload), clock(), repeat=settings.repeat,
-                                     warmup=1 if workload == "epoch" else settings.warmup,
-                                     budget_s=settings.budget_s)
+                    try:
+                        timing = measure(getattr(work, workload), clock(), repeat=settings.repeat,
+                                         warmup=1 if workload == "epoch" else settings.warmup,
+                                         budget_s=settings.budget_s)
+                    except Exception as exc:  # one workload failing costs the run nothing else
+                        reason = f"{workload} failed: {type(exc).__name__}: {exc}"
+                        log(f"  {config.name}: {subject}: {reason}")
+                        results["skipped"].append({"config": config.name, "subject": subject,
+                                                   "workload": workload, "reason": reason})
+                        _free_gpu()
+                        continue
                     record = {"config": config.name, "subject": subject, "device": device,
                               "workload": workload, **timing.to_dict()}
                     if workload != "epoch":
