@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import re
 import shutil
@@ -36,7 +37,8 @@ _C_TYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c
             np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.bool_): ctypes.c_bool}
 _LAUNCH_ERRORS = {1: "a barrier was not reached by every thread it waits for (divergent "
                      "__syncthreads or shuffle)",
-                  2: "a warp shuffle named a mask other than the whole warp"}
+                  2: "a warp shuffle named a mask other than the whole warp",
+                  3: "a memory access faulted"}
 
 
 def compiler():
@@ -79,6 +81,8 @@ def _wrapper_source(name):
                 lines.append(f'extern "C" void {symbol}(const {t}* err, const {t}* a, {t}* delta, '
                              f"long long n) {{\n    for (long long i = 0; i < n; ++i) "
                              f"delta[i] = activation_backward<{code}>(err[i], a[i]);\n}}")
+    lines.append('extern "C" void* emu_fault_info(int* was_write) {\n'
+                 "    *was_write = emu_fault_was_write;\n    return emu_fault_address;\n}")
     return f'#include "cuda_on_cpu.h"\n{src}\n' + "\n".join(lines) + "\n", entries
 
 
@@ -86,29 +90,51 @@ _LOCK = threading.Lock()
 _LIBS = {}
 
 
-def _library(name):
-    """The compiled emulation of kernels/NAME.cu, cached on disk by source hash."""
-    with _LOCK:
-        if name in _LIBS:
-            return _LIBS[name]
-        source, entries = _wrapper_source(name)
-        digest = hashlib.sha256((source + SHIM.read_text()).encode()).hexdigest()[:16]
-        folder = Path(tempfile.gettempdir()) / "gpubp-cuda-emulator"
-        folder.mkdir(exist_ok=True)
-        lib_path = folder / f"{name}-{digest}.so"
-        if not lib_path.exists():
-            unique = f"{os.getpid()}-{threading.get_ident()}"   # builds in parallel never collide
-            src_path = folder / f"{name}-{digest}.{unique}.cpp"
-            src_path.write_text(source)
-            tmp = folder / f"{name}-{digest}.{unique}.tmp.so"
-            result = subprocess.run(
-                [compiler(), "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", f"-I{SHIM.parent}",
-                 str(src_path), "-o", str(tmp)], capture_output=True, text=True, timeout=300)
-            if result.returncode != 0:
+def _build_path(name):
+    """(source, entries, the cached library's path) of kernels/NAME.cu's emulation."""
+    source, entries = _wrapper_source(name)
+    digest = hashlib.sha256((source + SHIM.read_text()).encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "gpubp-cuda-emulator"
+    folder.mkdir(exist_ok=True)
+    return source, entries, folder / f"{name}-{digest}.so"
+
+
+def _build(names):
+    """Compiles the emulations of these kernels/*.cu that are not cached yet,
+    as many at once as there are cores (a cold cache costs one build's time per core)."""
+    jobs = []
+    for name in names:
+        source, _, lib_path = _build_path(name)
+        if lib_path.exists():
+            continue
+        unique = f"{os.getpid()}-{threading.get_ident()}"   # builds in parallel never collide
+        src_path = lib_path.with_name(f"{lib_path.stem}.{unique}.cpp")
+        src_path.write_text(source)
+        tmp = lib_path.with_name(f"{lib_path.stem}.{unique}.tmp.so")
+        jobs.append((name, lib_path, tmp, src_path, [compiler(), "-std=c++20", "-O1", "-fPIC", "-shared",
+                                           "-pthread", f"-I{SHIM.parent}", str(src_path), "-o", str(tmp)]))
+    width = max(1, os.cpu_count() or 1)
+    for i in range(0, len(jobs), width):
+        running = [(name, lib_path, tmp, src, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                               stderr=subprocess.PIPE, text=True))
+                   for name, lib_path, tmp, src, cmd in jobs[i:i + width]]
+        for name, lib_path, tmp, src, proc in running:
+            _, stderr = proc.communicate(timeout=300)
+            src.unlink(missing_ok=True)
+            if proc.returncode != 0:
                 raise EmulationError(f"kernels/{name}.cu does not build for the emulator:\n"
-                                     f"{result.stderr[-4000:]}")
+                                     f"{stderr[-4000:]}")
             tmp.replace(lib_path)
-        _LIBS[name] = (ctypes.CDLL(str(lib_path)), entries)
+
+
+def _library(name):
+    """The compiled emulation of kernels/NAME.cu, cached on disk by source hash.
+    The first call builds every kernel file's emulation that is not cached."""
+    with _LOCK:
+        if name not in _LIBS:
+            _build(kernels.kernel_names() if not _LIBS else [name])
+            _, entries, lib_path = _build_path(name)
+            _LIBS[name] = (ctypes.CDLL(str(lib_path)), entries)
         return _LIBS[name]
 
 
@@ -181,14 +207,67 @@ class EmulatedStream:
         return EmulatedGraph(launches)
 
 
+# -- out-of-bounds accesses -------------------------------------------------------
+# An eager launch hands the kernel copies of its arrays, each with one end
+# against a page the process may not touch (PROT_NONE), so that a read or write
+# past that end faults; the shim turns the fault into an error naming the array.
+# CUDA would read whatever lies there, or stop the whole context.
+
+_PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+class _Guarded:
+    """A copy of a C-contiguous array flush against a guard page: at its end
+    (``at_start`` False) or at its start. Another guard page lies at the far end."""
+
+    def __init__(self, array, at_start):
+        self.array, self.at_start = array, at_start
+        pages = max(1, -(-array.nbytes // _PAGE))
+        self._map = mmap.mmap(-1, (pages + 2) * _PAGE)
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        for page in (0, pages + 1):
+            if _libc.mprotect(self.base + page * _PAGE, _PAGE, 0) != 0:
+                raise OSError(ctypes.get_errno(), "mprotect failed")
+        self.start = self.base + _PAGE + (0 if at_start else pages * _PAGE - array.nbytes)
+        self.end = self.start + array.nbytes
+        self.copy = np.frombuffer(self._map, dtype=array.dtype, count=array.size,
+                                  offset=self.start - self.base).reshape(array.shape)
+        self.copy[...] = array
+
+    def describe(self, address, index, was_write):
+        """The fault at ``address`` as an access of argument ``index``, or None."""
+        if not self.base <= address < self.base + len(self._map):
+            return None
+        what = {1: "a write", 0: "a read"}.get(was_write, "an access")
+        return (f"{what} at byte {address - self.start} of argument {index}, "
+                f"{self.array.dtype}{list(self.array.shape)} of {self.array.nbytes} bytes")
+
+
+def _guardable(arrays):
+    """Arrays that can be handed over as guarded copies: C-contiguous, not
+    empty, and either the same array or sharing no memory."""
+    if not all(a.flags.c_contiguous and a.size for a in arrays):
+        return False
+    for i, a in enumerate(arrays):
+        for b in arrays[i + 1:]:
+            same = (a.ctypes.data, a.nbytes) == (b.ctypes.data, b.nbytes) and a.dtype == b.dtype
+            if not same and np.may_share_memory(a, b):
+                return False
+    return True
+
+
 class EmulatedKernel:
     """Called like a ``cupy.RawKernel``: ``kernel(grid, block, args)``. The
     arguments are checked against the kernel's parameters (count, size, and
     pointer / integer / floating point), which a GPU would not do: there a
-    mismatch reads the wrong bytes."""
+    mismatch reads the wrong bytes. With ``guard`` ("end" or "start") an eager
+    launch faults on any access past that end of an array it was handed."""
 
-    def __init__(self, lib, symbol, expression, reverse_order=False):
+    def __init__(self, lib, symbol, expression, reverse_order=False, guard=None):
         self._fn, self.expression, self._reverse = getattr(lib, symbol), expression, reverse_order
+        self._guard, self._lib = guard, lib
         self._fn.restype = ctypes.c_int
         sizes, kinds = (ctypes.c_int * 64)(), (ctypes.c_int * 64)()
         n = getattr(lib, f"{symbol}_signature")(sizes, kinds)
@@ -215,6 +294,9 @@ class EmulatedKernel:
             raise EmulationError(f"{self.expression}: more than 1024 threads in a block {block}")
         values = [_c_value(a) for a in args]       # pointers and scalars as of now
         self._check_args(args, values)
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        if self._guard and _recording is None and _guardable(arrays):
+            return self._run_guarded(grid, block, args)
         keep = list(args)                          # the arrays stay alive with a graph
 
         def run():
@@ -226,6 +308,31 @@ class EmulatedKernel:
             return keep
 
         _launch(run)
+
+    def _run_guarded(self, grid, block, args):
+        copies = {}                                # one copy per distinct array
+        for a in args:
+            if isinstance(a, np.ndarray) and (a.ctypes.data, a.nbytes) not in copies:
+                copies[(a.ctypes.data, a.nbytes)] = _Guarded(a, self._guard == "start")
+        values = [_c_value(copies[(a.ctypes.data, a.nbytes)].copy if isinstance(a, np.ndarray) else a)
+                  for a in args]
+        pointers = (ctypes.c_void_p * max(1, len(values)))(
+            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        status = self._fn(*grid, *block, pointers, int(self._reverse))
+        if status == 3:
+            info = self._lib.emu_fault_info
+            info.restype = ctypes.c_void_p
+            was_write = ctypes.c_int()
+            address = info(ctypes.byref(was_write)) or 0
+            where = [d for i, a in enumerate(args) if isinstance(a, np.ndarray)
+                     for d in [copies[(a.ctypes.data, a.nbytes)].describe(address, i, was_write.value)]
+                     if d is not None]
+            raise EmulationError(f"{self.expression}: out-of-bounds memory access: "
+                                 + (where[0] if where else f"address {address:#x}, in no argument"))
+        if status:
+            raise EmulationError(f"{self.expression}: {_LAUNCH_ERRORS[status]}")
+        for guarded in copies.values():
+            guarded.array[...] = guarded.copy
 
 
 class EmulatedElementwise:
@@ -254,8 +361,8 @@ class EmulatedKernels:
 
     ACTIVATION_CODES = kernels.ACTIVATION_CODES
 
-    def __init__(self, reverse_order=False):
-        self.reverse_order = reverse_order
+    def __init__(self, reverse_order=False, guard=None):
+        self.reverse_order, self.guard = reverse_order, guard
         self._loaded = {}
 
     def function(self, name, expression):
@@ -267,7 +374,7 @@ class EmulatedKernels:
                 raise EmulationError(f"kernels/{name}.cu exports no {expression!r} "
                                      f"(it has {sorted(e for e in entries if isinstance(e, str))})")
             kernel = self._loaded[(name, expression)] = EmulatedKernel(
-                lib, entries[expression], expression, self.reverse_order)
+                lib, entries[expression], expression, self.reverse_order, self.guard)
         return kernel
 
     def activation_backward(self, activation):
@@ -277,11 +384,13 @@ class EmulatedKernels:
 class EmulatedCupyBackend(CupyBackend):
     """The CuPy backend's methods and launch code, on NumPy arrays, with the
     kernels emulated on the CPU (a small pretend GPU of ``sms`` SMs), the
-    matrix products left to NumPy, and streams that capture graphs."""
+    matrix products left to NumPy, and streams that capture graphs. Eager
+    launches fault on an access past the end of an array (past its start in
+    reverse order), where ``guard`` is on."""
 
     name = "cupy"
 
-    def __init__(self, sms=1, reverse_order=False):
+    def __init__(self, sms=1, reverse_order=False, guard=True):
         self.xp = np
         self._cupy = None
         self._sms = sms
@@ -289,7 +398,8 @@ class EmulatedCupyBackend(CupyBackend):
         self._unused_labels = np.zeros(1, dtype=np.int32)
         self._unused_loss = np.zeros(1, dtype=np.float64)
         self._work = WorkArrays(np)
-        self._kernels = EmulatedKernels(reverse_order)
+        self._kernels = EmulatedKernels(reverse_order,
+                                        ("start" if reverse_order else "end") if guard else None)
         self._local = threading.local()
         self.gemm_problem = None
 
@@ -340,11 +450,11 @@ class EmulatedCupyBackend(CupyBackend):
         return "EmulatedCupyBackend()"
 
 
-def emulated_backend(sms=1, reverse_order=False):
+def emulated_backend(sms=1, reverse_order=False, guard=True):
     """The emulated CuPy backend; the calling test is skipped where no host C++
     compiler is found."""
     if compiler() is None:
         import pytest
 
         pytest.skip("no host C++ compiler to emulate the kernels with")
-    return EmulatedCupyBackend(sms, reverse_order)
+    return EmulatedCupyBackend(sms, reverse_order, guard)

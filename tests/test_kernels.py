@@ -401,3 +401,47 @@ def test_emulated_narrow_float32_layers_train_like_numpy(rng, activation):
                       l2=0.01, seed=9).fit(X, y, epochs=3)
         params.append(np.asarray(model.params))
     assert max_rel_error(params[0], params[1]) < 1e-4
+
+
+# -- the emulation's own checks --------------------------------------------------------
+
+def test_emulation_stops_a_kernel_that_reads_or_writes_past_an_array(rng):
+    """What a GPU would not show (or would show by killing its context): an access
+    past either end of an array a kernel is handed. Each eager launch gets copies
+    flush against a page the process may not touch: past the end in index order,
+    before the start in reverse order. The launch after a fault runs normally."""
+    from _cuda_emulator import EmulationError
+
+    d = rng.normal(size=(37, 5)).astype(np.float32)
+    out = np.empty(5, dtype=np.float32)
+    forward = emulated_backend()._kernels.function("bias_grad", "bias_grad_partial<float>")
+    with pytest.raises(EmulationError, match=r"a read at byte 740 of argument 0, float32\[37, 5\]"):
+        forward((1, 1), (32, 8), (d, out, np.int32(38), np.int32(5)))     # one row too many
+    with pytest.raises(EmulationError, match=r"a write at byte 16 of argument 1, float32\[4\]"):
+        forward((1, 1), (32, 8), (d, out[:4], np.int32(37), np.int32(5)))
+    forward((1, 1), (32, 8), (d, out, np.int32(37), np.int32(5)))
+    np.testing.assert_allclose(out, d.sum(axis=0), rtol=1e-5)
+
+    reverse = emulated_backend(sms=7, reverse_order=True)._kernels.function(
+        "gather_rows", "gather_rows<float>")
+    order = rng.permutation(37).astype(np.int64)
+    order[3] = -1                                                         # a row before the first
+    offset, xb = np.zeros(1, dtype=np.int64), np.empty((8, 5), dtype=np.float32)
+    with pytest.raises(EmulationError, match=r"a read at byte -(4|8|12|16|20) of argument 0"):
+        reverse((1, 1), (8, 32), (d, order, offset, xb, np.int32(8), np.int32(5)))
+
+
+def test_emulation_checks_each_argument_against_the_kernels_parameters(rng):
+    """A Python float where the kernel takes a float32 (CuPy would pass a double),
+    or an argument too few, is an error here; on a GPU the kernel reads wrong bytes."""
+    from _cuda_emulator import EmulationError
+
+    adam = emulated_backend()._kernels.function("adam", "adam<float>")
+    p, g, m, v = (rng.normal(size=10).astype(np.float32) for _ in range(4))
+    coef = np.array([1e-3, 0.5])
+    with pytest.raises(EmulationError, match="argument 6 is float"):
+        adam((1,), (32,), (p, g, m, v, coef, np.int64(10), 1.0, np.float32(0.9),
+                           np.float32(0.999), np.float32(1e-8)))
+    with pytest.raises(EmulationError, match="takes 10 arguments; got 9"):
+        adam((1,), (32,), (p, g, m, v, coef, np.int64(10), np.float32(1), np.float32(0.9),
+                           np.float32(0.999)))

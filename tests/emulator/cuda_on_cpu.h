@@ -14,12 +14,19 @@
 // argument's value, read as the kernel's declared parameter types, so a scalar
 // passed with the wrong C type is read as the wrong bytes here as on a GPU.
 //
+// A memory access that faults while a kernel runs (the test harness puts a
+// page the process may not touch next to each array it hands a kernel, so an
+// access past either end faults) ends the launch with an error naming the
+// address, instead of crashing the process.
+//
 // Not emulated: the host math library is not CUDA's (results differ in the
 // last ulps), threads never truly run at once (no data races are found), and
 // nothing is timed.
 #pragma once
 
 #include <math.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <ucontext.h>
 
 #include <cstdint>
@@ -136,6 +143,48 @@ void emu_call(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
 
 inline std::mutex emu_launch_mutex;
 
+// A fault inside a kernel jumps back to its launch (the fibers it abandons are
+// made anew by the next launch). emu_fault_address and emu_fault_was_write say
+// what faulted.
+inline sigjmp_buf emu_fault_jump;
+inline void* emu_fault_address = nullptr;
+inline int emu_fault_was_write = -1;                  // -1: not known
+
+inline void emu_on_fault(int, siginfo_t* info, void* context) {
+    emu_fault_address = info->si_addr;
+#if defined(__x86_64__) && defined(REG_ERR)
+    emu_fault_was_write = (static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_ERR] & 2) ? 1 : 0;
+#else
+    (void)context;
+#endif
+    siglongjmp(emu_fault_jump, 1);
+}
+
+// Catches SIGSEGV and SIGBUS (on a stack of its own) for as long as it lives,
+// then puts back whatever handled them before (Python's faulthandler, say).
+struct EmuFaultTrap {
+    struct sigaction old_segv {}, old_bus {};
+    stack_t old_stack{};
+    EmuFaultTrap() {
+        static std::vector<char> alternate(256 * 1024);
+        stack_t stack{};
+        stack.ss_sp = alternate.data();
+        stack.ss_size = alternate.size();
+        sigaltstack(&stack, &old_stack);
+        struct sigaction action {};
+        action.sa_sigaction = emu_on_fault;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGSEGV, &action, &old_segv);
+        sigaction(SIGBUS, &action, &old_bus);
+    }
+    ~EmuFaultTrap() {
+        sigaction(SIGSEGV, &old_segv, nullptr);
+        sigaction(SIGBUS, &old_bus, nullptr);
+        sigaltstack(&old_stack, nullptr);
+    }
+};
+
 // The kernel's parameters, for the caller to check its arguments against:
 // returns their number and writes each one's size and kind (0 pointer,
 // 1 integer, 2 floating point) into sizes and kinds.
@@ -148,7 +197,8 @@ int emu_signature(void (*)(A...), int* sizes, int* kinds) {
 }
 
 // Runs kernel<<<grid, block>>>(args); returns 0, or 1 if some barrier was
-// never reached by all it waits for, 2 if a shuffle named fewer than all lanes.
+// never reached by all it waits for, 2 if a shuffle named fewer than all lanes,
+// 3 if a memory access faulted (emu_fault_address).
 // Between barriers the threads of a block take turns in the order of their
 // index, or the reverse with reverse_order set: a race that one order hides
 // (a read before the write it needs) the other shows.
@@ -157,6 +207,10 @@ int emu_launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args, int rev
     std::lock_guard<std::mutex> lock(emu_launch_mutex);
     const int n = (int)(block.x * block.y * block.z);
     if (n > 1024) return 1;
+    EmuFaultTrap trap;
+    emu_fault_address = nullptr;
+    emu_fault_was_write = -1;
+    if (sigsetjmp(emu_fault_jump, 1) != 0) return 3;
     gridDim = grid;
     blockDim = block;
     emu_bad_mask = false;
