@@ -83,10 +83,52 @@ def _bench_kernels(parser, args):
     return 0
 
 
+def _custom_network(parser, args, custom_config):
+    """The --layers/--batch network, checked as gpubp.MLP and Trainer check
+    theirs, before anything is timed."""
+    from .losses import OUTPUTS
+    from .model import ACTIVATIONS
+
+    if args.layers is None or args.batch is None:
+        parser.error("--layers and --batch go together")
+    try:
+        layers = [int(s) for s in args.layers.split(",")]
+    except ValueError as exc:
+        parser.error(f"--layers must be comma-separated integers, e.g. 784,256,10 ({exc})")
+    if len(layers) < 2 or min(layers) < 1:
+        parser.error(f"--layers needs at least an input and an output size, all positive; got {args.layers}")
+    if args.batch < 1:
+        parser.error(f"--batch must be at least 1; got {args.batch}")
+    if args.activation not in ACTIVATIONS:
+        parser.error(f"--activation must be one of {', '.join(ACTIVATIONS)}; got {args.activation!r}")
+    if args.output not in OUTPUTS:
+        parser.error(f"--output must be one of {', '.join(OUTPUTS)}; got {args.output!r}")
+    if args.output == "softmax" and layers[-1] < 2:
+        parser.error("--output softmax needs at least 2 outputs")
+    return custom_config(layers, args.batch, args.activation, args.output)
+
+
+def _check_outputs(parser, args):
+    """--json's folder and --plot's matplotlib, checked before a run of minutes."""
+    import os
+
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                parser.error(f"{flag} {path}: the folder {folder} does not exist")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'gpubp[plot]'")
+
+
 def _bench(parser, args):
     from .bench import CONFIGS, DEFAULT_CONFIGS, Settings, custom_config, run
     from .bench.report import plot, table, write_json
 
+    _check_outputs(parser, args)
     if args.kernels:
         return _bench_kernels(parser, args)
 
@@ -95,14 +137,8 @@ def _bench(parser, args):
     if unknown:
         parser.error(f"unknown --config {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     configs = [CONFIGS[n] for n in names]
-    if args.layers or args.batch:
-        if not (args.layers and args.batch):
-            parser.error("--layers and --batch go together")
-        try:
-            layers = [int(s) for s in args.layers.split(",")]
-            configs.append(custom_config(layers, args.batch, args.activation, args.output))
-        except ValueError as exc:
-            parser.error(f"--layers must be comma-separated integers, e.g. 784,256,10 ({exc})")
+    if args.layers is not None or args.batch is not None:
+        configs.append(_custom_network(parser, args, custom_config))
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     backends = ["numpy", "cupy"] if args.backend == "all" else [args.backend]

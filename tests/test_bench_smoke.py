@@ -81,6 +81,52 @@ def test_cli_rejects_unknown_configs(capsys):
     assert "unknown --config huge" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--layers", "10", "--batch", "4"], "--layers needs at least an input and an output size"),
+    (["--layers", "10,0,5", "--batch", "4"], "all positive; got 10,0,5"),
+    (["--layers", "10,abc", "--batch", "4"], "--layers must be comma-separated integers"),
+    (["--layers", "10,5", "--batch", "0"], "--batch must be at least 1; got 0"),
+    (["--layers", "10,5", "--batch", "-3"], "--batch must be at least 1; got -3"),
+    (["--layers", "10,5"], "--layers and --batch go together"),
+    (["--batch", "5"], "--layers and --batch go together"),
+    (["--layers", "10,5", "--batch", "4", "--activation", "swish"], "--activation must be one of"),
+    (["--layers", "10,5", "--batch", "4", "--output", "foo"], "--output must be one of"),
+    (["--layers", "10,1", "--batch", "4"], "--output softmax needs at least 2 outputs"),
+    (["--config", "tiny", "--repeat", "0"], "--repeat must be at least 1"),
+    (["--config", "tiny", "--json", "/nonexistent-gpubp/o.json"], "the folder /nonexistent-gpubp does not exist"),
+    (["--kernels", "--json", "/nonexistent-gpubp/k.json"], "the folder /nonexistent-gpubp does not exist"),
+])
+def test_cli_checks_its_arguments_before_timing_anything(capsys, monkeypatch, args, message):
+    import importlib
+
+    def never(*a, **k):
+        raise AssertionError("ran before the arguments were checked")
+
+    for module in ("gpubp.bench.run", "gpubp.bench.kernels"):
+        monkeypatch.setattr(importlib.import_module(module), "measure", never)
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--quick", *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_says_plot_needs_matplotlib_before_timing_anything(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("no matplotlib here")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--quick", "--config", "tiny", "--plot", "out.png"])
+    assert info.value.code == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
 def test_large_runs_on_the_cpu_only_when_named():
     large = CONFIGS["large"]
     skipped = plan(large, "numpy", Settings(quick=True))
