@@ -7,7 +7,10 @@ import sys
 
 
 def main(argv=None):
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="gpubp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gpubp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train on scikit-learn's digits; print accuracy, time, backend")

@@ -91,8 +91,11 @@ def check_Y(Y, n_rows: int, n_outputs: int, loss: str, name: str = "Y"):
             )
         Y = Y.reshape(-1, 1)
     if Y.shape[1] != n_outputs:
+        hint = ""
+        if loss == "cross_entropy" and Y.shape[1] == 1 and Y.dtype.kind in "iu":
+            hint = f", or be 1-D class labels: pass {name}.ravel()"
         raise ValueError(
-            f"{name} must have {n_outputs} columns (the output layer's size); got shape {Y.shape}"
+            f"{name} must have {n_outputs} columns (the output layer's size){hint}; got shape {Y.shape}"
         )
     if loss in ("cross_entropy", "binary_cross_entropy"):
         if bool((Y < 0).any()) or (loss == "binary_cross_entropy" and bool((Y > 1).any())):
@@ -122,8 +125,8 @@ def check_real(name: str, value, *, low=None, high=None, low_open=False, high_op
     if bad:
         lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
         hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-        rule = " and ".join(s for s in (lo, hi) if s) or "finite"
-        raise ValueError(f"{name} must be {rule}; got {value}")
+        rule = " and ".join(s for s in ("finite" if not math.isfinite(value) else "", lo, hi) if s)
+        raise ValueError(f"{name} must be {rule or 'finite'}; got {value}")
     return value
 
 
@@ -131,3 +134,12 @@ def check_choice(name: str, value, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def check_flag(name: str, value) -> bool:
+    """True/False (a NumPy bool, or the integers 0 and 1, count too)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False; got {value!r}")

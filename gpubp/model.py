@@ -74,6 +74,9 @@ class MLP:
         v.check_choice("output", output, OUTPUTS)
         dtype = _check_dtype(dtype)
         v.check_choice("precision", precision, PRECISIONS)
+        if output == "softmax" and sizes[-1] < 2:
+            raise ValueError("output 'softmax' needs at least 2 outputs (over one output it is "
+                             f"always 1); got layer_sizes {sizes}: use output 'sigmoid' for one")
         if precision != "float32" and dtype != np.float32:
             raise ValueError(f"precision {precision!r} needs dtype float32 (fp32 storage); got {dtype.name}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -322,6 +325,9 @@ class MLP:
         replaced atomically, so a checkpoint written during training is never
         half-written. The optimizer's state is not saved. Returns the path."""
         path = _check_path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot save to {str(path)!r}: the folder {str(path.parent)!r} "
+                                    "does not exist")
         config = {"format": self._FORMAT, "layer_sizes": self.layer_sizes,
                   "activation": self.activation, "output": self.output,
                   "dtype": self.dtype.name, "precision": self.precision}

@@ -11,6 +11,8 @@ import numpy as np
 
 from . import _validation as v
 
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
 
 class Optimizer:
     def __init__(self, lr):
@@ -48,8 +50,7 @@ class SGD(Optimizer):
     def __init__(self, lr, momentum=0.0, nesterov=False):
         super().__init__(lr)
         self.momentum = v.check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"nesterov must be True or False; got {nesterov!r}")
+        nesterov = v.check_flag("nesterov", nesterov)
         if nesterov and self.momentum == 0.0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = nesterov

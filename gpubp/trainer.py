@@ -86,9 +86,7 @@ class Trainer:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
         self.seed = int(seed)
-        if not isinstance(cuda_graphs, bool):
-            raise TypeError(f"cuda_graphs must be True or False; got {cuda_graphs!r}")
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs = v.check_flag("cuda_graphs", cuda_graphs)
         self.graphs_off_reason = None       # why replay fell back to eager launches
         self.epochs_done = 0
         self._state = {}                    # persistent device buffers of the step
@@ -111,9 +109,8 @@ class Trainer:
         """
         model = self.model
         epochs = v.check_positive_int("epochs", epochs)
-        for name, flag in (("shuffle", shuffle), ("verbose", verbose), ("progress", progress)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False; got {flag!r}")
+        shuffle, verbose, progress = (v.check_flag(name, flag) for name, flag in
+                                      (("shuffle", shuffle), ("verbose", verbose), ("progress", progress)))
         bar_class = _tqdm() if progress else None
         X, dense, labels = model._device_data(X, Y, self.loss)
         val = None

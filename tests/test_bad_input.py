@@ -180,6 +180,8 @@ def _onehot(rng, n):
 
 
 BAD_Y = {  # name -> (output, loss, Y(rng, n), what the message must name)
+    "labels_as_a_column": ("softmax", "cross_entropy", lambda rng, n: _labels(rng, n)[:, None],
+                           r"\bY\b.*columns.*1-D class labels: pass Y.ravel\(\)"),
     "labels_too_many_rows": ("softmax", "cross_entropy", lambda rng, n: _labels(rng, n + 1), r"\bY\b.*rows"),
     "labels_too_few_rows": ("softmax", "cross_entropy", lambda rng, n: _labels(rng, n - 1), r"\bY\b.*rows"),
     "onehot_wrong_rows": ("softmax", "cross_entropy", lambda rng, n: _onehot(rng, n + 2), r"\bY\b.*rows"),
@@ -357,11 +359,12 @@ BAD_MLP_ARGS = [  # (kwargs, what the message must name)
     ({"seed": 1.5}, r"seed"),
     ({"seed": "0"}, r"seed"),
     ({"seed": True}, r"seed"),
+    ({"layer_sizes": [3, 4, 1], "output": "softmax"}, r"softmax.*at least 2 outputs"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,pattern", BAD_MLP_ARGS,
-                         ids=[f"{k}={v!r}"[:40] for (kw, _) in BAD_MLP_ARGS for k, v in kw.items()])
+                         ids=[" ".join(f"{k}={v!r}" for k, v in kw.items())[:40] for (kw, _) in BAD_MLP_ARGS])
 def test_bad_MLP_arguments_rejected(kwargs, pattern):
     args = {"layer_sizes": SIZES, "activation": "tanh", "output": "softmax",
             "backend": "numpy", "dtype": "float32", "seed": 0}
@@ -501,7 +504,10 @@ BAD_FIT_ARGS = {  # name -> (kwargs(rng), what the message must name)
     "epochs_True": (lambda rng: {"epochs": True}, r"epochs"),
     "epochs_None": (lambda rng: {"epochs": None}, r"epochs"),
     "shuffle_str": (lambda rng: {"shuffle": "yes"}, r"shuffle"),
-    "shuffle_int": (lambda rng: {"shuffle": 1}, r"shuffle"),
+    "shuffle_2": (lambda rng: {"shuffle": 2}, r"shuffle"),
+    "shuffle_float": (lambda rng: {"shuffle": 1.0}, r"shuffle"),
+    "verbose_2": (lambda rng: {"verbose": 2}, r"verbose"),
+    "progress_str": (lambda rng: {"progress": "no"}, r"progress"),
     "shuffle_None": (lambda rng: {"shuffle": None}, r"shuffle"),
     "val_array": (lambda rng: {"validation_data": valid_X(rng, 5)}, r"validation_data"),
     "val_single": (lambda rng: {"validation_data": (valid_X(rng, 5),)}, r"validation_data"),
@@ -606,8 +612,10 @@ def test_bad_learning_rate(cls, lr):
 def test_learning_rate_message_says_what_was_expected():
     with pytest.raises(ValueError, match=r"lr must be > 0.*got 0\.0"):
         SGD(0)
-    with pytest.raises(ValueError, match=r"lr must be > 0.*got nan"):
+    with pytest.raises(ValueError, match=r"lr must be finite and > 0.*got nan"):
         Adam(math.nan)
+    with pytest.raises(ValueError, match=r"lr must be finite and > 0.*got inf"):
+        SGD(math.inf)
     with pytest.raises(TypeError, match=r"lr must be a real number"):
         AdamW("0.1")
 
@@ -621,7 +629,7 @@ BAD_OPTIMIZER_ARGS = [  # (class, kwargs, what the message must name)
     (SGD, {"momentum": None}, r"momentum"),
     (SGD, {"nesterov": True}, r"nesterov"),
     (SGD, {"nesterov": True, "momentum": 0.0}, r"nesterov"),
-    (SGD, {"nesterov": 1, "momentum": 0.9}, r"nesterov"),
+    (SGD, {"nesterov": 2, "momentum": 0.9}, r"nesterov"),
     (SGD, {"nesterov": "yes", "momentum": 0.9}, r"nesterov"),
     (Adam, {"betas": (1.0, 0.999)}, r"betas"),
     (Adam, {"betas": (0.9, 1.0)}, r"betas"),

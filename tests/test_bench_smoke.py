@@ -72,6 +72,18 @@ def test_cli_takes_a_network_of_your_own(tmp_path, capsys):
     assert list(results["configs"]) == ["custom-10-7-3"]
     assert results["configs"]["custom-10-7-3"]["loss"] == "mse"
     assert any(s["subject"] == "torch-cpu" and s["reason"] == "--no-torch" for s in results["skipped"])
+    # subjects skipped for one reason share a line; the JSON keeps one record each
+    no_torch = [s["subject"] for s in results["skipped"] if s["reason"] == "--no-torch"]
+    assert len(no_torch) >= 2 and f"  {', '.join(no_torch)}: skipped: --no-torch" in printed
+
+
+def test_cli_prints_its_version(capsys):
+    import gpubp
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gpubp {gpubp.__version__}"
 
 
 def test_cli_rejects_unknown_configs(capsys):

@@ -135,3 +135,10 @@ def test_load_says_what_is_wrong_with_a_file(tmp_path, rng):
 
 def _saved(tmp_path, rng):
     return _trained("numpy", rng).save(tmp_path / "whole.npz")
+
+
+def test_saving_into_a_missing_folder_names_that_folder(tmp_path):
+    model = gpubp.MLP([3, 2])
+    with pytest.raises(FileNotFoundError, match=r"the folder '.*/absent' does not exist"):
+        model.save(tmp_path / "absent" / "m.npz")
+    assert os.listdir(tmp_path) == []

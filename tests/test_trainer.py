@@ -111,7 +111,7 @@ def test_progress_without_tqdm_is_a_clear_error_before_training(rng, monkeypatch
         gpubp.Trainer(model).fit(rng.normal(size=(6, 3)), rng.integers(0, 2, size=6), progress=True)
     np.testing.assert_array_equal(model.params, before)
     with pytest.raises(TypeError, match="progress"):
-        gpubp.Trainer(model).fit(rng.normal(size=(6, 3)), rng.integers(0, 2, size=6), progress=1)
+        gpubp.Trainer(model).fit(rng.normal(size=(6, 3)), rng.integers(0, 2, size=6), progress="yes")
 
 
 def test_sigmoid_outputs_report_accuracy_over_every_output(backend, rng):
@@ -501,3 +501,21 @@ def test_a_numpy_step_allocates_nothing_the_size_of_a_batch(rng, activation, out
     small, large = peak(8192), peak(32768)      # both past NumPy's buffer size
     assert large < 256 * 1024
     assert large - small < 8 * 1024, (small, large)
+
+
+def test_yes_no_arguments_take_numpy_bools_and_zero_or_one(rng):
+    """True/False flags take bool, numpy.bool_ and the integers 0 and 1 (Keras
+    users write verbose=0); anything else is a TypeError naming the flag."""
+    X, y = rng.normal(size=(20, 3)), rng.integers(0, 2, size=20)
+    runs = []
+    for flags in ({"shuffle": np.True_, "verbose": 0, "progress": 0},
+                  {"shuffle": True, "verbose": False, "progress": False}):
+        model = gpubp.MLP([3, 4, 2], backend="numpy", seed=1)
+        trainer = gpubp.Trainer(model, batch_size=8, cuda_graphs=np.False_)
+        assert trainer.cuda_graphs is False
+        runs.append((trainer.fit(X, y, epochs=2, **flags), model.get_params()))
+    assert runs[0][0] == runs[1][0]
+    opt = gpubp.optim.SGD(0.1, momentum=0.9, nesterov=np.True_)
+    assert opt.nesterov is True
+    with pytest.raises(TypeError, match="verbose must be True or False; got 2"):
+        gpubp.Trainer(gpubp.MLP([3, 2], backend="numpy")).fit(X, y, verbose=2)

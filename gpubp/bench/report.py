@@ -62,9 +62,15 @@ def table(results):
             ep = fmt(r["epoch"]["median_us"] / 1e3) if "epoch" in r else "-"
             tf = fmt(step.get("tflops")) if step else "-"
             lines.append(f"  {subject:<20}{fwd:>12}{st:>12}{rng:>20}{ep:>11}{tf:>14}")
+        by_reason = {}                      # subjects skipped for one reason share a line
         for s in results["skipped"]:
             if s["config"] == name:
-                lines.append(f"  {s['subject']:<20}skipped: {s['reason']}")
+                by_reason.setdefault(s["reason"], []).append(s["subject"])
+        for reason, subjects in by_reason.items():
+            if len(subjects) == 1:
+                lines.append(f"  {subjects[0]:<20}skipped: {reason}")
+            else:
+                lines.append(f"  {', '.join(subjects)}: skipped: {reason}")
         for workload in WORKLOADS:
             rs = results["ratios"][name].get(workload, {})
             if rs:
