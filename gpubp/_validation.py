@@ -18,7 +18,7 @@ def as_checked_array(name: str, a):
         try:
             a = np.asarray(a)
         except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{name} must be an array of numbers; got {type(a).__name__} ({exc})")
+            raise TypeError(f"{name} must be an array of numbers; got {type(a).__name__} ({exc})") from None
     kind = a.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} must be real; got complex dtype {a.dtype}")

@@ -45,7 +45,7 @@ class CublasError(RuntimeError):
     """A cuBLAS call failed; the message names the call and cuBLAS's reason."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def library():
     """libcublas, loaded once, with the signatures this module calls."""
     from cuda.pathfinder import load_nvidia_dynamic_lib

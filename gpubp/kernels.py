@@ -38,7 +38,7 @@ def kernel_names() -> list[str]:
     return sorted(p.stem for p in kernel_dir().glob("*.cu"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source(name: str) -> str:
     """The full source of ``kernels/NAME.cu`` with ``common.cuh`` pasted in."""
     folder = kernel_dir()
@@ -55,7 +55,7 @@ def instantiations(name: str) -> list[str]:
     ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def module(name: str):
     """The compiled ``cupy.RawModule`` of ``kernels/NAME.cu``."""
     import cupy
@@ -65,13 +65,13 @@ def module(name: str):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def function(name: str, expression: str):
     """One kernel of ``kernels/NAME.cu``, e.g. ``function("adam", "adam<float>")``."""
     return module(name).get_function(expression)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def activation_backward(activation: str):
     """The ``cupy.ElementwiseKernel`` computing ``delta = err * g'(a)`` for one
     activation, with ``kernels/activation_backward.cu`` as its preamble."""

@@ -23,7 +23,7 @@ class BackendUnavailableError(RuntimeError):
     """The CuPy backend was asked for where it cannot work; the message says why."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cupy_problem() -> str | None:
     """None when CuPy can run here, else the reason it cannot."""
     try:
@@ -73,7 +73,7 @@ def available_backends() -> list[str]:
     return ["numpy"] + (["cupy"] if _cupy_problem() is None else [])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make(name: str):
     if name == "numpy":
         return NumpyBackend()
