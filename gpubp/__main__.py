@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -25,6 +26,8 @@ def main(argv=None):
     demo.add_argument("--verbose", action="store_true", help="print every epoch")
     demo.add_argument("--progress", action="store_true",
                       help="a progress bar over the epochs (needs tqdm: the progress extra)")
+    demo.add_argument("--save", metavar="PATH",
+                      help="write the trained model to PATH (an .npz; gpubp.MLP.load reads it)")
 
     bench = sub.add_parser("bench", help="time training on NumPy and CuPy beside PyTorch and the GEMM floor")
     bench.add_argument("--config", action="append", metavar="NAME",
@@ -51,6 +54,8 @@ def main(argv=None):
     if args.command == "demo":
         from .demo import run_digits
 
+        if args.save is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+            parser.exit(2, f"gpubp demo: error: --save {args.save}: its folder does not exist\n")
         try:
             model, history, accuracy, seconds = run_digits(
                 backend=args.backend, epochs=args.epochs, batch_size=args.batch_size,
@@ -62,6 +67,8 @@ def main(argv=None):
         print(f"backend {model.backend.name}, {args.epochs} epochs in {seconds:.2f} s, "
               f"final training loss {history['loss'][-1]:.4f}")
         print(f"held-out accuracy {accuracy:.4f} ({accuracy * 100:.1f}%)")
+        if args.save is not None:
+            print(f"saved the model to {model.save(args.save)}")
     return 0
 
 

@@ -35,3 +35,23 @@ def test_digits_to_96_percent(backend):
     assert accuracy >= 0.96
     assert history["val_accuracy"][-1] == pytest.approx(accuracy)
     assert history["loss"][-1] < history["loss"][0] / 10
+
+
+def test_demo_command_trains_reports_and_saves(tmp_path, capsys):
+    """`gpubp demo` (the README's main job on the CPU) end to end, briefly,
+    and --save writes a model that gpubp.MLP.load reads back to the same accuracy."""
+    pytest.importorskip("sklearn")
+    from gpubp.__main__ import main
+    from gpubp.demo import load_digits_split
+
+    path = tmp_path / "digits.npz"
+    assert main(["demo", "--backend", "numpy", "--epochs", "3", "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "backend numpy, 3 epochs in" in out and f"saved the model to {path}" in out
+    printed = float(out.split("held-out accuracy ")[1].split()[0])
+    _, X_test, _, y_test = load_digits_split(0)
+    loaded = gpubp.MLP.load(path, backend="numpy")
+    assert loaded.evaluate(X_test, y_test)["accuracy"] == pytest.approx(printed, abs=1e-4)
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--epochs", "1", "--save", str(tmp_path / "absent" / "m.npz")])
+    assert info.value.code == 2 and "its folder does not exist" in capsys.readouterr().err
