@@ -13,6 +13,7 @@ tests run on the real thing.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import mmap
 import os
@@ -214,8 +215,18 @@ class EmulatedStream:
 # CUDA would read whatever lies there, or stop the whole context.
 
 _PAGE = mmap.PAGESIZE
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+@functools.cache
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)             # POSIX: the emulation needs ucontext
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+def _mprotect(address, size, protection):
+    if _libc().mprotect(address, size, protection) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect failed")
 
 
 class _Guarded:
@@ -228,8 +239,7 @@ class _Guarded:
         self._map = mmap.mmap(-1, (pages + 2) * _PAGE)
         self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
         for page in (0, pages + 1):
-            if _libc.mprotect(self.base + page * _PAGE, _PAGE, 0) != 0:
-                raise OSError(ctypes.get_errno(), "mprotect failed")
+            _mprotect(self.base + page * _PAGE, _PAGE, 0)  # PROT_NONE
         self.start = self.base + _PAGE + (0 if at_start else pages * _PAGE - array.nbytes)
         self.end = self.start + array.nbytes
         self.copy = np.frombuffer(self._map, dtype=array.dtype, count=array.size,
@@ -453,8 +463,9 @@ class EmulatedCupyBackend(CupyBackend):
 def emulated_backend(sms=1, reverse_order=False, guard=True):
     """The emulated CuPy backend; the calling test is skipped where no host C++
     compiler is found."""
-    if compiler() is None:
+    if compiler() is None or os.name != "posix":
         import pytest
 
-        pytest.skip("no host C++ compiler to emulate the kernels with")
+        pytest.skip("the kernels are emulated with a host C++ compiler on a POSIX system "
+                    "(ucontext fibers, guard pages)")
     return EmulatedCupyBackend(sms, reverse_order, guard)
