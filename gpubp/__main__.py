@@ -54,7 +54,7 @@ def main(argv=None):
     if args.command == "demo":
         from .demo import run_digits
 
-        if args.save is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        if args.save is not None and not _folder_exists(args.save):
             parser.exit(2, f"gpubp demo: error: --save {args.save}: its folder does not exist\n")
         try:
             model, history, accuracy, seconds = run_digits(
@@ -118,15 +118,16 @@ def _custom_network(parser, args, custom_config):
     return custom_config(layers, args.batch, args.activation, args.output)
 
 
+def _folder_exists(path):
+    return os.path.isdir(os.path.dirname(os.path.abspath(path)))
+
+
 def _check_outputs(parser, args):
     """--json's folder and --plot's matplotlib, checked before a run of minutes."""
-    import os
-
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is not None:
+        if path is not None and not _folder_exists(path):
             folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                parser.error(f"{flag} {path}: the folder {folder} does not exist")
+            parser.error(f"{flag} {path}: the folder {folder} does not exist")
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -310,14 +310,22 @@ class EmulatedKernel:
         keep = list(args)                          # the arrays stay alive with a graph
 
         def run():
-            pointers = (ctypes.c_void_p * max(1, len(values)))(
-                *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-            status = self._fn(*grid, *block, pointers, int(self._reverse))
-            if status:
-                raise EmulationError(f"{self.expression}: {_LAUNCH_ERRORS[status]}")
+            self._invoke(grid, block, values)
             return keep
 
         _launch(run)
+
+    def _invoke(self, grid, block, values, fault_ok=False):
+        """Runs the kernel on these argument values (as kernelParams). A bad
+        status raises, except a fault (3) where ``fault_ok``: it is returned."""
+        pointers = (ctypes.c_void_p * max(1, len(values)))(
+            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        status = self._fn(*grid, *block, pointers, int(self._reverse))
+        if status == 3 and fault_ok:
+            return status
+        if status:
+            raise EmulationError(f"{self.expression}: {_LAUNCH_ERRORS[status]}")
+        return status
 
     def _run_guarded(self, grid, block, args):
         copies = {}                                # one copy per distinct array
@@ -326,10 +334,7 @@ class EmulatedKernel:
                 copies[(a.ctypes.data, a.nbytes)] = _Guarded(a, self._guard == "start")
         values = [_c_value(copies[(a.ctypes.data, a.nbytes)].copy if isinstance(a, np.ndarray) else a)
                   for a in args]
-        pointers = (ctypes.c_void_p * max(1, len(values)))(
-            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
-        status = self._fn(*grid, *block, pointers, int(self._reverse))
-        if status == 3:
+        if self._invoke(grid, block, values, fault_ok=True) == 3:
             info = self._lib.emu_fault_info
             info.restype = ctypes.c_void_p
             was_write = ctypes.c_int()
@@ -339,8 +344,6 @@ class EmulatedKernel:
                      if d is not None]
             raise EmulationError(f"{self.expression}: out-of-bounds memory access: "
                                  + (where[0] if where else f"address {address:#x}, in no argument"))
-        if status:
-            raise EmulationError(f"{self.expression}: {_LAUNCH_ERRORS[status]}")
         for guarded in copies.values():
             guarded.array[...] = guarded.copy
 
