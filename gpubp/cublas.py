@@ -50,7 +50,13 @@ def library():
     """libcublas, loaded once, with the signatures this module calls."""
     from cuda.pathfinder import load_nvidia_dynamic_lib
 
-    lib = ctypes.CDLL(load_nvidia_dynamic_lib("cublas").abs_path)
+    return declare(ctypes.CDLL(load_nvidia_dynamic_lib("cublas").abs_path))
+
+
+def declare(lib):
+    """Give ``lib``'s functions the C signatures of cublas_api.h. The tests give
+    them also to a stand-in for libcublas compiled against that header
+    (``tests/emulator/fake_cublas.c``), and call it through them."""
     vp, i = ctypes.c_void_p, ctypes.c_int
     lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
     lib.cublasDestroy_v2.argtypes = [vp]
@@ -65,10 +71,12 @@ def library():
     return lib
 
 
-def _check(status, call):
+def _call(lib, name, *args):
+    """Call ``lib``'s function ``name``; a status other than success raises CublasError."""
+    status = getattr(lib, name)(*args)
     if status != STATUS_SUCCESS:
-        reason = library().cublasGetStatusString(status).decode()
-        raise CublasError(f"{call} failed with cuBLAS status {status}: {reason}")
+        reason = lib.cublasGetStatusString(status).decode()
+        raise CublasError(f"{name} failed with cuBLAS status {status}: {reason}")
 
 
 class Gemm:
@@ -80,10 +88,10 @@ class Gemm:
     in TF32 with float32 accumulation.
     """
 
-    def __init__(self, workspace_bytes=WORKSPACE_BYTES):
-        lib = library()
+    def __init__(self, workspace_bytes=WORKSPACE_BYTES, lib=None):
+        lib = library() if lib is None else lib     # the tests pass a stand-in, see declare()
         handle = ctypes.c_void_p()
-        _check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+        _call(lib, "cublasCreate_v2", ctypes.byref(handle))
         self._lib, self._handle = lib, handle
         import cupy
 
@@ -94,12 +102,11 @@ class Gemm:
         self._scalars = {t: (t(1.0), t(0.0)) for t in (ctypes.c_float, ctypes.c_double)}
 
     def _bind(self, stream):
-        _check(self._lib.cublasSetStream_v2(self._handle, stream), "cublasSetStream")
+        _call(self._lib, "cublasSetStream_v2", self._handle, stream)
         ws = self._workspaces.get(stream)
         if ws is None:
             ws = self._workspaces[stream] = self._cupy.empty(self._workspace_bytes, dtype=np.uint8)
-        _check(self._lib.cublasSetWorkspace_v2(self._handle, ws.data.ptr, self._workspace_bytes),
-               "cublasSetWorkspace")
+        _call(self._lib, "cublasSetWorkspace_v2", self._handle, ws.data.ptr, self._workspace_bytes)
         self._stream = stream
 
     def __call__(self, a, b, out, transa=False, transb=False, precision="float32"):
@@ -131,17 +138,17 @@ class Gemm:
             self._bind(stream)
         dtype, compute, scalar = mode
         one, zero = self._scalars[scalar]
-        _check(self._lib.cublasGemmEx(
-            self._handle, OP_T if transb else OP_N, OP_T if transa else OP_N, N, M, K,
-            ctypes.byref(one), b.data.ptr, dtype, b.shape[1], a.data.ptr, dtype, a.shape[1],
-            ctypes.byref(zero), out.data.ptr, dtype, N, compute, GEMM_DEFAULT), "cublasGemmEx")
+        _call(self._lib, "cublasGemmEx",
+              self._handle, OP_T if transb else OP_N, OP_T if transa else OP_N, N, M, K,
+              ctypes.byref(one), b.data.ptr, dtype, b.shape[1], a.data.ptr, dtype, a.shape[1],
+              ctypes.byref(zero), out.data.ptr, dtype, N, compute, GEMM_DEFAULT)
         return out
 
     def close(self):
         """Destroy the handle (it synchronises the device: never while capturing)."""
         handle, self._handle = getattr(self, "_handle", None), None
         if handle is not None and handle.value:
-            _check(self._lib.cublasDestroy_v2(handle), "cublasDestroy")
+            _call(self._lib, "cublasDestroy_v2", handle)
 
     def __enter__(self):
         return self

@@ -1,8 +1,9 @@
 """gpubp's CUDA kernels run on the CPU, for the tests: the CuPy backend's own
 launch code (grids, blocks, scalar types) over NumPy arrays, with each
 ``kernels/*.cu`` compiled by the host C++ compiler against
-``tests/emulator/cuda_on_cpu.h``, and CUDA graphs as recorded launches replayed
-with the pointers and values they were captured with. It checks what the
+``tests/emulator/cuda_on_cpu.h``, the GEMMs through gpubp.cublas on a stand-in
+for libcublas (``tests/_fake_cublas.py``), and CUDA graphs as recorded launches
+replayed with the pointers and values they were captured with. It checks what the
 kernels and the trainer's graph mode compute, not how fast: on a GPU the same
 tests run on the real thing.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import mmap
 import os
 import re
@@ -22,13 +24,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
 
+from _fake_cublas import fake_cublas, host, host_cupy, last_call
 from gpubp import kernels
 from gpubp.backends.cupy_backend import CupyBackend
 from gpubp.backends.numpy_backend import WorkArrays
+from gpubp.cublas import Gemm
+from gpubp.precision import round_to
 
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "emulator" / "cuda_on_cpu.h"
@@ -183,13 +189,18 @@ class EmulatedStream:
     """Stands in for a non-blocking ``cupy.cuda.Stream``: current inside ``with``,
     and able to capture."""
 
-    ptr = 1
+    _pointers = itertools.count(0x100)
+    current = []                        # the streams entered, innermost last
+
+    def __init__(self, ptr=None):
+        self.ptr = next(self._pointers) if ptr is None else ptr
 
     def __enter__(self):
+        self.current.append(self)
         return self
 
     def __exit__(self, *exc):
-        pass
+        self.current.pop()
 
     def synchronize(self):
         pass
@@ -206,6 +217,61 @@ class EmulatedStream:
             raise EmulationError("no capture is under way")
         launches, _recording = _recording, None
         return EmulatedGraph(launches)
+
+
+NULL_STREAM = EmulatedStream(ptr=0)
+
+
+class EmulatedCupy:
+    """The few CuPy functions that the CuPy backend's own matmul and graph check,
+    and gpubp.cublas.Gemm, call, on host arrays. ``matmul`` refuses to run while
+    a stream captures, as CuPy's cuBLAS calls do; ``empty`` gives arrays with
+    CuPy's ``.data.ptr``."""
+
+    def __init__(self):
+        self.cuda = types.SimpleNamespace(
+            get_current_stream=lambda: (EmulatedStream.current or [NULL_STREAM])[-1])
+
+    @staticmethod
+    def matmul(a, b, out=None):
+        if _recording is not None:          # as CuPy refuses its cuBLAS calls
+            raise NotImplementedError("cupy.matmul while a stream captures: CuPy's cuBLAS "
+                                      "calls cannot be captured")
+        if out is None:
+            return np.matmul(a, b)
+        np.matmul(a, b, out=out)
+        return out
+
+    @staticmethod
+    def empty(shape, dtype=np.float32):
+        return host(np.empty(shape, dtype))
+
+    asarray, abs = staticmethod(np.asarray), staticmethod(np.abs)
+
+
+class _DeferredGemms:
+    """The cuBLAS stand-in (tests/_fake_cublas.py) whose GEMMs are launches like
+    the emulated kernels': each call's arguments are checked when it is made,
+    and its product runs at launch, recorded while a stream captures, with the
+    pointers and scalars it was given."""
+
+    def __init__(self, lib):
+        self._lib = lib
+
+    def __getattr__(self, name):
+        return getattr(self._lib, name)
+
+    def cublasGemmEx(self, *args):
+        lib = self._lib
+        lib.fake_cublas_defer(1)
+        try:
+            status = lib.cublasGemmEx(*args)
+        finally:
+            lib.fake_cublas_defer(0)
+        if status == 0:
+            call = last_call(lib)
+            _launch(lambda: lib.fake_cublas_compute(ctypes.byref(call)))
+        return status
 
 
 # -- out-of-bounds accesses -------------------------------------------------------
@@ -396,16 +462,18 @@ class EmulatedKernels:
 
 class EmulatedCupyBackend(CupyBackend):
     """The CuPy backend's methods and launch code, on NumPy arrays, with the
-    kernels emulated on the CPU (a small pretend GPU of ``sms`` SMs), the
-    matrix products left to NumPy, and streams that capture graphs. Eager
-    launches fault on an access past the end of an array (past its start in
-    reverse order), where ``guard`` is on."""
+    kernels emulated on the CPU (a small pretend GPU of ``sms`` SMs), and
+    streams that capture graphs. Its matrix products take the CuPy backend's
+    own route: cupy.matmul is NumPy's, and gpubp.cublas.Gemm calls a stand-in
+    for libcublas built from cuBLAS's header (NumPy's products where it cannot
+    be built). Eager launches fault on an access past the end of an array (past
+    its start in reverse order), where ``guard`` is on."""
 
     name = "cupy"
 
     def __init__(self, sms=1, reverse_order=False, guard=True):
         self.xp = np
-        self._cupy = None
+        self._cupy = EmulatedCupy()
         self._sms = sms
         self._max_blocks = 8 * sms          # fewer blocks than a GPU: more grid-stride work each
         self._unused_labels = np.zeros(1, dtype=np.int32)
@@ -415,6 +483,7 @@ class EmulatedCupyBackend(CupyBackend):
                                         ("start" if reverse_order else "end") if guard else None)
         self._local = threading.local()
         self.gemm_problem = None
+        self._graphs_checked, self._graphs_problem = False, None
 
     # Moving to and from the device copies, as it does on a GPU: a test cannot
     # pass here because the "device" array is the caller's own host array.
@@ -438,18 +507,41 @@ class EmulatedCupyBackend(CupyBackend):
         return a.ctypes.data
 
     def _direct_gemm(self):
-        return self.matmul                  # graphs need a capturable GEMM: this one records
-
-    def graphs_problem(self):
-        return None
+        """gpubp.cublas.Gemm on the cuBLAS stand-in, or NumPy's products where
+        the stand-in cannot be built (no C compiler or no cuBLAS header)."""
+        gemm = getattr(self._local, "gemm", None)
+        if gemm is None:
+            lib = fake_cublas()
+            if lib is None:
+                gemm = self._numpy_gemm
+            else:
+                with host_cupy(self._cupy):
+                    gemm = _on_host_arrays(Gemm(lib=_DeferredGemms(lib)))
+            self._local.gemm = gemm
+        return gemm
 
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
-        from gpubp.precision import round_to
+        if precision != "bf16":
+            return super().matmul(a, b, out, transa=transa, transb=transb, precision=precision)
+        # bf16 rounds its operands with array operations, which NumPy runs at
+        # once where CuPy's would be captured: here they run at launch. Their
+        # work arrays are taken now, as a graph bakes in their addresses.
+        rounded = self._work(a, "gemm_a"), self._work(b, "gemm_b")
+        gemm = self._direct_gemm() if getattr(self._local, "capturable", False) else None
 
-        # The work arrays of the rounded operands are taken now, as a captured
-        # graph would bake in their addresses; the rounding and product run at launch.
-        rounded = (None if precision == "float32" else
-                   (self._work(a, "gemm_a"), self._work(b, "gemm_b")))
+        def run():
+            x, y = round_to(np, a, "bf16", rounded[0]), round_to(np, b, "bf16", rounded[1])
+            if gemm is not None:
+                gemm(x, y, out, transa=transa, transb=transb)
+            else:
+                np.matmul(x.T if transa else x, y.T if transb else y, out=out)
+
+        _launch(run)
+        return out
+
+    @staticmethod
+    def _numpy_gemm(a, b, out, transa=False, transb=False, precision="float32"):
+        rounded = None if precision == "float32" else (np.empty_like(a), np.empty_like(b))
 
         def run():
             x, y = (a, b) if rounded is None else (round_to(np, a, precision, rounded[0]),
@@ -461,6 +553,16 @@ class EmulatedCupyBackend(CupyBackend):
 
     def __repr__(self):
         return "EmulatedCupyBackend()"
+
+
+def _on_host_arrays(gemm):
+    """gpubp.cublas.Gemm on NumPy arrays, seen with CuPy's ``.data.ptr``."""
+
+    def call(a, b, out, transa=False, transb=False, precision="float32"):
+        gemm(host(a), host(b), host(out), transa=transa, transb=transb, precision=precision)
+        return out
+
+    return call
 
 
 def emulated_backend(sms=1, reverse_order=False, guard=True):

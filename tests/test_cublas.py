@@ -1,10 +1,14 @@
-"""The capturable GEMM: cuBLAS located and bound on any machine; on a GPU,
-equal to cupy.matmul and replayed correctly from a CUDA graph."""
+"""The capturable GEMM: cuBLAS located and bound on any machine; without a GPU,
+gpubp.cublas.Gemm against a stand-in for libcublas built from cuBLAS's header
+(tests/_fake_cublas.py); on a GPU, equal to cupy.matmul and replayed correctly
+from a CUDA graph."""
 
 import numpy as np
 import pytest
 
+from _fake_cublas import SOURCE, FakeCupy, build, fake_cublas, host, host_cupy, last_call
 from _helpers import max_rel_error, requires_cupy
+from gpubp.precision import round_to
 
 cublas = pytest.importorskip("gpubp.cublas")
 
@@ -26,9 +30,153 @@ def test_libcublas_is_found_and_bound():
 @pytest.mark.skipif("cupy" in __import__("gpubp").available_backends(), reason="a GPU is usable here")
 def test_without_a_gpu_the_handle_fails_with_a_clear_error():
     _library_or_skip()
-    with pytest.raises(cublas.CublasError, match="cublasCreate failed"):
+    with pytest.raises(cublas.CublasError, match="cublasCreate_v2 failed"):
         cublas.Gemm()
 
+
+# -- without a GPU: a stand-in for libcublas, held to cublas_api.h -------------
+
+@pytest.fixture
+def stand_in():
+    """(the stand-in library, the fake CuPy that Gemm sees, a Gemm on both)."""
+    try:
+        lib = fake_cublas()
+    except Exception as exc:                # no cuda-pathfinder: no header to build against
+        pytest.skip(f"the cuBLAS stand-in cannot be built here: {exc}")
+    if lib is None:
+        pytest.skip("the cuBLAS stand-in needs a C compiler and cuBLAS's headers")
+    with host_cupy(FakeCupy()) as fake:
+        gemm = cublas.Gemm(lib=lib)
+    yield lib, fake, gemm
+    gemm.close()
+
+
+def test_the_constants_are_cublas_api_h_s(stand_in):
+    lib, _, _ = stand_in
+    for name in ("STATUS_SUCCESS", "OP_N", "OP_T", "CUDA_R_32F", "CUDA_R_64F", "COMPUTE_32F",
+                 "COMPUTE_32F_FAST_TF32", "COMPUTE_64F", "GEMM_DEFAULT"):
+        assert getattr(cublas, name) == lib.fake_cublas_constant(name.encode()), name
+
+
+def test_the_stand_in_is_held_to_cublas_api_h(tmp_path, stand_in):
+    """Its functions are checked against the header's prototypes: one parameter
+    of another type does not compile."""
+    source = SOURCE.read_text()
+    wrong = source.replace("cudaDataType Atype,\n                                         int lda,",
+                           "cudaDataType Atype,\n                                         long lda,")
+    assert wrong != source
+    code, messages = build(wrong, tmp_path / "wrong.so")
+    assert code != 0 and "conflicting types for 'cublasGemmEx'" in messages.replace("‘", "'").replace("’", "'")
+
+
+TOL_STAND_IN = {"float32": 1e-6, "float64": 1e-14}
+
+
+@pytest.mark.parametrize("dtype,precision", [("float32", "float32"), ("float64", "float32"),
+                                             ("float32", "tf32")])
+@pytest.mark.parametrize("transa,transb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("M,K,N", [(67, 129, 33), (1, 5, 1), (3, 1, 4)])
+def test_gemm_computes_op_a_op_b_through_cublas_gemm_ex(rng, stand_in, dtype, precision,
+                                                        transa, transb, M, K, N):
+    """Row-major op(a) @ op(b) as column-major op(b)^T op(a)^T: cublasGemmEx's
+    arguments, leading dimensions and scalars as cuBLAS documents them."""
+    lib, _, gemm = stand_in
+    a = host(rng.normal(size=(K, M) if transa else (M, K)).astype(dtype))
+    b = host(rng.normal(size=(N, K) if transb else (K, N)).astype(dtype))
+    flat = host(np.full(M * N + 7, np.nan, dtype=dtype))
+    out = flat[7:].reshape(M, N)                        # a view inside a bigger buffer
+    assert gemm(a, b, out, transa=transa, transb=transb, precision=precision) is out
+    x, y = (a.T if transa else a), (b.T if transb else b)
+    if precision == "tf32":                             # the operands as the tensor cores see them
+        x = round_to(np, np.ascontiguousarray(x), "tf32", np.empty(x.shape, np.float32))
+        y = round_to(np, np.ascontiguousarray(y), "tf32", np.empty(y.shape, np.float32))
+        exact = np.asarray(a.T if transa else a, np.float64) @ np.asarray(b.T if transb else b, np.float64)
+        if K > 1:                                       # the rounding is there to see
+            assert max_rel_error(out, exact) > 1e-6
+    expected = np.asarray(x, np.float64) @ np.asarray(y, np.float64)
+    assert max_rel_error(out, expected) < TOL_STAND_IN[dtype]
+    assert np.isnan(flat[:7]).all()                     # nothing written outside out
+    call = last_call(lib)
+    assert (call.alpha, call.beta, call.algo) == (1.0, 0.0, cublas.GEMM_DEFAULT)
+    assert call.compute == {("float32", "float32"): cublas.COMPUTE_32F, ("float64", "float32"):
+                            cublas.COMPUTE_64F, ("float32", "tf32"): cublas.COMPUTE_32F_FAST_TF32}[
+                                (dtype, precision)]
+
+
+def test_gemm_sets_its_workspace_again_after_every_change_of_stream(rng, stand_in):
+    """cublasSetStream drops the workspace (cuBLAS would then allocate from its
+    pool, which a capture cannot): Gemm sets it again each time, one per stream."""
+    lib, fake, gemm = stand_in
+    a = host(rng.normal(size=(8, 5)).astype(np.float32))
+    b = host(rng.normal(size=(5, 3)).astype(np.float32))
+    out = host(np.empty((8, 3), np.float32))
+    seen = []
+    for stream in (0x10, 0x20, 0x10, 0x10, 0x30):
+        fake.stream = type(fake.stream)(ptr=stream)
+        gemm(a, b, out)
+        np.testing.assert_allclose(out, a @ b, rtol=1e-5)
+        call = last_call(lib)
+        assert call.stream == stream and call.workspace_bytes == cublas.WORKSPACE_BYTES
+        seen.append(call.workspace)
+    assert seen[0] == seen[2] == seen[3] and len(set(seen)) == 3
+    assert fake.allocations == 3                        # one workspace per stream, kept
+
+
+def test_the_stand_in_refuses_a_gemm_without_a_workspace(stand_in):
+    """The stand-in's own check, which the test above relies on."""
+    import ctypes
+
+    lib, _, _ = stand_in
+    handle = ctypes.c_void_p()
+    assert lib.cublasCreate_v2(ctypes.byref(handle)) == 0
+    x, one = host(np.ones((2, 2), np.float32)), ctypes.c_float(1.0)
+    try:
+        assert lib.cublasSetStream_v2(handle, 0x10) == 0
+        status = lib.cublasGemmEx(handle, 0, 0, 2, 2, 2, ctypes.byref(one), x.data.ptr, 0, 2,
+                                  x.data.ptr, 0, 2, ctypes.byref(one), x.data.ptr, 0, 2, 68, -1)
+        assert status == 15 and b"no workspace" in lib.fake_cublas_problem()
+    finally:
+        lib.cublasDestroy_v2(handle)
+
+
+def test_gemm_of_empty_shapes_and_errors(rng, stand_in):
+    lib, _, gemm = stand_in
+    calls = lib.fake_cublas_gemm_calls()
+    a, b = host(np.empty((4, 0), np.float32)), host(np.empty((0, 3), np.float32))
+    out = host(np.full((4, 3), np.nan, np.float32))
+    gemm(a, b, out)                                     # K = 0: a sum of nothing
+    np.testing.assert_array_equal(out, 0.0)
+    gemm(host(np.empty((0, 2), np.float32)), host(np.ones((2, 3), np.float32)),
+         host(np.empty((0, 3), np.float32)))
+    assert lib.fake_cublas_gemm_calls() == calls        # neither reached cuBLAS
+
+    a, b = host(np.ones((4, 3), np.float32)), host(np.ones((3, 2), np.float32))
+    lib.fake_cublas_fail_next(13)
+    with pytest.raises(cublas.CublasError, match="cublasGemmEx failed with cuBLAS status 13: "
+                                                 "the function failed to launch"):
+        gemm(a, b, host(np.empty((4, 2), np.float32)))
+    with pytest.raises(ValueError, match="do not chain"):
+        gemm(a, b, host(np.empty((4, 3), np.float32)))
+    with pytest.raises(TypeError, match="share a dtype"):
+        gemm(a, b.astype(np.float64), host(np.empty((4, 2), np.float32)))
+    with pytest.raises(ValueError, match="precision 'bf16'"):
+        gemm(a, b, host(np.empty((4, 2), np.float32)), precision="bf16")
+
+
+def test_gemm_close_destroys_its_handle_once(stand_in):
+    lib, fake, _ = stand_in
+    live = lib.fake_cublas_live_handles()
+    with host_cupy(fake):
+        with cublas.Gemm(lib=lib) as gemm:
+            assert lib.fake_cublas_live_handles() == live + 1
+    assert lib.fake_cublas_live_handles() == live
+    gemm.close()                                        # again: nothing to do
+    with pytest.raises(RuntimeError, match="closed"):
+        gemm(host(np.ones((2, 2), np.float32)), host(np.ones((2, 2), np.float32)),
+             host(np.empty((2, 2), np.float32)))
+
+
+# -- on a GPU ------------------------------------------------------------------
 
 TOL = {("float32", "float32"): 1e-5, ("float64", "float32"): 1e-12, ("float32", "tf32"): 3e-3}
 

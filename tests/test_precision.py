@@ -44,13 +44,26 @@ def test_round_to_refuses_to_work_in_place():
         round_to(np, x, "tf32", x)
 
 
+@pytest.mark.parametrize("where", ["numpy", "emulated", "emulated, capturable"])
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_matmul_seam_rounds_the_operands(rng, precision):
-    b = get_backend("numpy")
+def test_matmul_seam_rounds_the_operands(rng, precision, where):
+    """On NumPy; and on the CuPy backend's own route, emulated: tf32 through
+    gpubp.cublas (CUBLAS_COMPUTE_32F_FAST_TF32, on the stand-in for libcublas),
+    bf16 rounded first, then cupy.matmul or, while capturable, gpubp.cublas."""
+    if where == "numpy":
+        b = get_backend("numpy")
+    else:
+        from _cuda_emulator import emulated_backend
+
+        b = emulated_backend()
     A = rng.normal(size=(13, 7)).astype(np.float32)
     B = rng.normal(size=(11, 7)).astype(np.float32)
     out = np.empty((13, 11), np.float32)
-    b.matmul(A, B, out=out, transb=True, precision=precision)
+    if where.endswith("capturable"):
+        with b.capturable():
+            b.matmul(A, B, out=out, transb=True, precision=precision)
+    else:
+        b.matmul(A, B, out=out, transb=True, precision=precision)
     bits = MANTISSA_BITS[precision]
     expected = _reference_round(A, bits).astype(np.float64) @ _reference_round(B, bits).T.astype(np.float64)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

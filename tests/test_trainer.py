@@ -284,20 +284,23 @@ def test_a_captured_step_allocates_nothing(rng):
         assert trainer.graphs_off_reason is None, precision   # capture() refuses allocations
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "nesterov"])
-def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer):
+# hidden <= 64: each layer's product one kernel of dense_layer.cu; wider: GEMMs
+@pytest.mark.parametrize("optimizer,hidden", [("adamw", 70), ("nesterov", 9)])
+def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer, hidden):
     """Graph mode without a GPU: the CuPy backend's kernels emulated on the CPU,
     where a graph replays the launches recorded at capture with the pointers and
-    values they had then (tests/_cuda_emulator.py). Replays read each batch's
-    place and Adam's step from the device, so they end bit for bit where eager
-    launches do; graphs follow a change of learning rate."""
+    values they had then, and the GEMMs go through gpubp.cublas to a stand-in
+    for libcublas (tests/_cuda_emulator.py). Replays read each batch's place
+    and Adam's step from the device, so they end bit for bit where eager
+    launches through the same GEMMs do; graphs follow a change of learning rate."""
     from _cuda_emulator import emulated_backend
+    from _fake_cublas import fake_cublas
 
     backend = emulated_backend()
     X, y = rng.normal(size=(100, 6)).astype(np.float32), rng.integers(0, 4, size=100)
 
     def train(cuda_graphs):
-        model = gpubp.MLP([6, 9, 4], activation="tanh", backend=backend, seed=2)
+        model = gpubp.MLP([6, hidden, 4], activation="tanh", backend=backend, seed=2)
         opt = (gpubp.optim.AdamW(1e-2) if optimizer == "adamw"
                else gpubp.optim.SGD(0.05, momentum=0.9, nesterov=True))
         trainer = gpubp.Trainer(model, optimizer=opt, batch_size=16, l2=0.05, seed=3,
@@ -307,8 +310,17 @@ def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer):
         history2 = trainer.fit(X, y, epochs=2)
         return model, trainer, history, history2
 
-    eager, _, h_eager, h2_eager = train(False)
+    with backend.capturable():                      # eager, every product through gpubp.cublas
+        eager, _, h_eager, h2_eager = train(False)
+    stand_in = fake_cublas()
+    counts = (lambda: (stand_in.fake_cublas_gemm_calls(), stand_in.fake_cublas_products())
+              if stand_in is not None else (0, 0))
+    before = counts()
     graphed, trainer, h_graph, h2_graph = train(True)
+    calls, products = np.subtract(counts(), before)
+    if stand_in is not None:    # 42 steps; replays compute without calling cuBLAS again
+        gemms = 2 if hidden <= 64 else 5       # per step: dW only, or every product
+        assert products >= gemms * 42 and calls < products / 2
     assert trainer.graphs_off_reason is None
     (cache,) = trainer._graph_cache.values()        # the latest settings' graphs only
     assert sorted(cache) == [4, 16] and all(g != "warm" for g in cache.values())
@@ -317,6 +329,35 @@ def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer):
         assert int(trainer.optimizer.step_count[0]) == 6 * 7
     np.testing.assert_array_equal(graphed.params, eager.params)
     assert h_graph == h_eager and h2_graph == h2_eager
+
+    plain, _, h_plain, _ = train(False)             # cupy.matmul's products: within rounding
+    assert max_rel_error(graphed.params, plain.params) < 1e-4
+    np.testing.assert_allclose(h_graph["loss"], h_plain["loss"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_graph_mode_on_emulated_kernels_in_each_precision(rng, precision):
+    """tf32's products through gpubp.cublas on the tensor-core compute type, and
+    bf16's operands rounded inside the graph: replays end where eager launches
+    through the same GEMMs do."""
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend()
+    X, y = rng.normal(size=(100, 6)).astype(np.float32), rng.integers(0, 4, size=100)
+
+    def train(cuda_graphs):
+        model = gpubp.MLP([6, 70, 4], activation="tanh", backend=backend, seed=2,
+                          precision=precision)
+        trainer = gpubp.Trainer(model, batch_size=16, seed=3, cuda_graphs=cuda_graphs)
+        return model, trainer, trainer.fit(X, y, epochs=3)
+
+    with backend.capturable():
+        eager, _, h_eager = train(False)
+    graphed, trainer, h_graph = train(True)
+    assert trainer.graphs_off_reason is None
+    assert all(g != "warm" for cache in trainer._graph_cache.values() for g in cache.values())
+    np.testing.assert_array_equal(graphed.params, eager.params)
+    assert h_graph == h_eager
 
 
 @requires_cupy
@@ -388,6 +429,30 @@ def test_graphs_are_on_by_default_on_the_gpu_and_checked_first(rng, monkeypatch,
         trainer.fit(X, y, epochs=1)
     assert "disagrees" in trainer.graphs_off_reason
     assert gemm is not None
+
+
+def test_emulated_graphs_fall_back_when_gpubp_cublas_fails_its_check(rng, caplog):
+    """The backend's check of gpubp.cublas, before any graph, on the emulation:
+    a cuBLAS that fails turns graphs off with the reason, and training goes on."""
+    from _cuda_emulator import emulated_backend
+    from _fake_cublas import fake_cublas
+
+    lib = fake_cublas()
+    if lib is None:
+        pytest.skip("needs the cuBLAS stand-in (a C compiler and cuBLAS's headers)")
+    backend = emulated_backend()
+    X, y = rng.normal(size=(64, 6)).astype(np.float32), rng.integers(0, 4, size=64)
+    lib.fake_cublas_fail_next(13)
+    with caplog.at_level("WARNING", logger="gpubp"):
+        model = gpubp.MLP([6, 70, 4], backend=backend, seed=1)
+        trainer = gpubp.Trainer(model, batch_size=16)
+        history = trainer.fit(X, y, epochs=2)
+    assert trainer.graphs_off_reason.startswith("gpubp.cublas failed its check: CublasError: "
+                                                "cublasGemmEx failed with cuBLAS status 13")
+    assert trainer.graphs_off_reason in caplog.text and not trainer._graph_cache
+    plain = gpubp.MLP([6, 70, 4], backend=backend, seed=1)
+    assert gpubp.Trainer(plain, batch_size=16, cuda_graphs=False).fit(X, y, epochs=2) == history
+    np.testing.assert_array_equal(model.params, plain.params)
 
 
 class _FakeStream:

@@ -1,0 +1,147 @@
+"""A stand-in for libcublas on the CPU (``tests/emulator/fake_cublas.c``), and
+what gpubp.cublas needs of CuPy to run on it: host arrays with a ``.data.ptr``
+and a current stream.
+
+The stand-in is compiled against cuBLAS's own ``cublas_api.h`` (found by
+cuda-pathfinder, as gpubp finds libcublas) and called through the ctypes
+signatures ``gpubp.cublas.declare`` gives the real library, so the binding, the
+row-major to column-major argument mapping and the stream and workspace
+handling of ``gpubp.cublas.Gemm`` run without a GPU.
+
+    lib = fake_cublas()               # None where no C compiler or no cuBLAS header is found
+    with host_cupy(FakeCupy()):
+        gemm = Gemm(lib=lib)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).resolve().parent / "emulator" / "fake_cublas.c"
+
+
+class FakeGemmCall(ctypes.Structure):
+    """The arguments of the stand-in's last cublasGemmEx, as ``fake_cublas_last()`` keeps them."""
+
+    _fields_ = ([(name, ctypes.c_int) for name in
+                 ("transa", "transb", "m", "n", "k", "lda", "ldb", "ldc", "atype", "btype",
+                  "ctype", "compute", "algo")]
+                + [("alpha", ctypes.c_double), ("beta", ctypes.c_double),
+                   ("A", ctypes.c_void_p), ("B", ctypes.c_void_p), ("C", ctypes.c_void_p),
+                   ("stream", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
+                   ("workspace_bytes", ctypes.c_size_t)])
+
+
+def header_folders():
+    """The folders of cublas_api.h and of the CUDA runtime headers it includes, or None."""
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+
+        folders = [find_nvidia_header_directory(name) for name in ("cublas", "cudart")]
+    except Exception:
+        return None
+    return folders if all(folders) else None
+
+
+def c_compiler():
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def build(source_text, out_path):
+    """Compile a stand-in from ``source_text``; (return code, compiler's messages)."""
+    cc, folders = c_compiler(), header_folders()
+    if cc is None or folders is None:
+        return None, "no C compiler or no cuBLAS header"
+    src = out_path.with_suffix(".c")
+    src.write_text(source_text)
+    cmd = [cc, "-std=c11", "-O2", "-Wall", "-Werror", "-fPIC", "-shared",
+           *(f"-I{folder}" for folder in folders), str(src), "-o", str(out_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    src.unlink(missing_ok=True)
+    return done.returncode, done.stderr
+
+
+@functools.cache
+def fake_cublas():
+    """The stand-in, built once and cached on disk by its source and the header,
+    with gpubp.cublas's signatures and its own; None where it cannot be built."""
+    from gpubp import cublas
+
+    folders = header_folders()
+    if folders is None or c_compiler() is None:
+        return None
+    header = (Path(folders[0]) / "cublas_api.h").read_bytes()
+    digest = hashlib.sha256(SOURCE.read_bytes() + header).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "gpubp-cuda-emulator"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"fake_cublas-{digest}.so"
+    if not path.exists():
+        tmp = folder / f"fake_cublas-{digest}.{os.getpid()}.tmp.so"
+        code, messages = build(SOURCE.read_text(), tmp)
+        if code != 0:
+            raise RuntimeError(f"tests/emulator/fake_cublas.c does not build:\n{messages}")
+        tmp.replace(path)
+    lib = cublas.declare(ctypes.CDLL(str(path)))
+    lib.fake_cublas_last.restype = ctypes.POINTER(FakeGemmCall)
+    lib.fake_cublas_problem.restype = ctypes.c_char_p
+    lib.fake_cublas_constant.argtypes = [ctypes.c_char_p]
+    lib.fake_cublas_constant.restype = ctypes.c_longlong
+    lib.fake_cublas_compute.argtypes = [ctypes.POINTER(FakeGemmCall)]
+    return lib
+
+
+def last_call(lib):
+    """A copy of the stand-in's last cublasGemmEx arguments."""
+    return FakeGemmCall.from_buffer_copy(lib.fake_cublas_last().contents)
+
+
+class HostArray(np.ndarray):
+    """A NumPy array with CuPy's ``.data.ptr``, the address gpubp.cublas passes on."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+
+def host(a):
+    return a.view(HostArray)
+
+
+class FakeCupy:
+    """What gpubp.cublas.Gemm asks of CuPy: ``empty`` (its workspaces, counted in
+    ``.allocations``) and the current stream, which ``.stream`` sets."""
+
+    def __init__(self):
+        self.allocations = 0
+        self.stream = types.SimpleNamespace(ptr=0)        # the legacy default stream
+        self.cuda = types.SimpleNamespace(get_current_stream=lambda: self.stream)
+
+    def empty(self, shape, dtype):
+        self.allocations += 1
+        return host(np.empty(shape, dtype))
+
+
+@contextlib.contextmanager
+def host_cupy(fake):
+    """``import cupy`` gives ``fake`` within the block (gpubp.cublas.Gemm imports it)."""
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = fake
+    try:
+        yield fake
+    finally:
+        if saved is None:
+            del sys.modules["cupy"]
+        else:
+            sys.modules["cupy"] = saved
