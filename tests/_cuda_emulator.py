@@ -34,6 +34,7 @@ from gpubp import kernels
 from gpubp.backends.cupy_backend import CupyBackend
 from gpubp.backends.numpy_backend import WorkArrays
 from gpubp.cublas import Gemm
+from gpubp.graphs import CaptureAllocated
 from gpubp.precision import round_to
 
 HERE = Path(__file__).resolve().parent
@@ -167,6 +168,7 @@ def _c_value(x):
 # be captured: the training step has none (it is backend calls throughout).
 
 _recording = None      # the launches of the capture under way, or None
+_allocated = []        # the shapes of work arrays made while it was under way
 
 
 def _launch(run):
@@ -210,13 +212,29 @@ class EmulatedStream:
         if _recording is not None:
             raise EmulationError("a capture is already under way")
         _recording = []
+        _allocated.clear()
 
     def end_capture(self):
         global _recording
         if _recording is None:
             raise EmulationError("no capture is under way")
         launches, _recording = _recording, None
+        if _allocated:          # on a GPU, gpubp.graphs.capture's count of pool requests
+            raise CaptureAllocated(f"the step made {len(_allocated)} work array(s) while "
+                                   f"captured: {_allocated}")
         return EmulatedGraph(launches)
+
+
+class _DeviceMemory:
+    """Where the emulated backend's work arrays come from. A work array made
+    while a stream captures would be a request to CuPy's pool on a GPU, which
+    gpubp.graphs.capture refuses: here the capture fails the same way."""
+
+    @staticmethod
+    def empty(shape, dtype):
+        if _recording is not None:
+            _allocated.append(tuple(shape))
+        return np.empty(shape, dtype)
 
 
 NULL_STREAM = EmulatedStream(ptr=0)
@@ -244,7 +262,7 @@ class EmulatedCupy:
 
     @staticmethod
     def empty(shape, dtype=np.float32):
-        return host(np.empty(shape, dtype))
+        return host(_DeviceMemory.empty(shape, dtype))
 
     asarray, abs = staticmethod(np.asarray), staticmethod(np.abs)
 
@@ -478,7 +496,7 @@ class EmulatedCupyBackend(CupyBackend):
         self._max_blocks = 8 * sms          # fewer blocks than a GPU: more grid-stride work each
         self._unused_labels = np.zeros(1, dtype=np.int32)
         self._unused_loss = np.zeros(1, dtype=np.float64)
-        self._work = WorkArrays(np)
+        self._work = WorkArrays(_DeviceMemory)
         self._kernels = EmulatedKernels(reverse_order,
                                         ("start" if reverse_order else "end") if guard else None)
         self._local = threading.local()

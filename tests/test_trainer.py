@@ -455,6 +455,34 @@ def test_emulated_graphs_fall_back_when_gpubp_cublas_fails_its_check(rng, caplog
     np.testing.assert_array_equal(model.params, plain.params)
 
 
+def test_emulated_capture_refuses_a_step_that_makes_a_work_array(rng, monkeypatch, caplog):
+    """A work array made while captured would be a pool request on a GPU: the
+    emulated capture refuses it as gpubp.graphs.capture does there, and the
+    trainer trains on eagerly. Steps that make none are captured (the other
+    emulated graph tests), gpubp.cublas's workspaces included."""
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend()
+    fresh = iter(range(10**6))
+    advance = backend.advance_offset
+
+    def advance_and_allocate(offset, m):
+        backend._work.empty((3,), np.float32, slot=("fresh", next(fresh)))
+        advance(offset, m)
+
+    monkeypatch.setattr(backend, "advance_offset", advance_and_allocate)
+    X, y = rng.normal(size=(64, 6)).astype(np.float32), rng.integers(0, 4, size=64)
+    with caplog.at_level("WARNING", logger="gpubp"):
+        model = gpubp.MLP([6, 70, 4], backend=backend, seed=1)
+        trainer = gpubp.Trainer(model, batch_size=16)
+        trainer.fit(X, y, epochs=2)
+    assert trainer.graphs_off_reason.startswith("CaptureAllocated: the step made 1 work array")
+    assert trainer.graphs_off_reason in caplog.text
+    plain = gpubp.MLP([6, 70, 4], backend=backend, seed=1)
+    gpubp.Trainer(plain, batch_size=16, cuda_graphs=False).fit(X, y, epochs=2)
+    assert max_rel_error(model.params, plain.params) < 1e-5   # some products were gpubp.cublas's
+
+
 class _FakeStream:
     """Records the capture calls; end_capture fails when told to."""
 
