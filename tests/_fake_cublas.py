@@ -107,6 +107,12 @@ def last_call(lib):
     return FakeGemmCall.from_buffer_copy(lib.fake_cublas_last().contents)
 
 
+def counts(lib):
+    """(cublasGemmEx calls, products computed) so far: a replayed graph computes
+    products without a call."""
+    return lib.fake_cublas_gemm_calls(), lib.fake_cublas_products()
+
+
 class HostArray(np.ndarray):
     """A NumPy array with CuPy's ``.data.ptr``, the address gpubp.cublas passes on."""
 

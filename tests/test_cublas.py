@@ -39,10 +39,7 @@ def test_without_a_gpu_the_handle_fails_with_a_clear_error():
 @pytest.fixture
 def stand_in():
     """(the stand-in library, the fake CuPy that Gemm sees, a Gemm on both)."""
-    try:
-        lib = fake_cublas()
-    except Exception as exc:                # no cuda-pathfinder: no header to build against
-        pytest.skip(f"the cuBLAS stand-in cannot be built here: {exc}")
+    lib = fake_cublas()
     if lib is None:
         pytest.skip("the cuBLAS stand-in needs a C compiler and cuBLAS's headers")
     with host_cupy(FakeCupy()) as fake:
