@@ -320,3 +320,42 @@ def test_pytorch_peer_sets_tf32_through_the_current_api():
         assert getattr(matmul, name) in ("ieee", False)
     finally:
         setattr(matmul, name, before)
+
+
+def test_the_graph_workload_replays_the_step_on_emulated_kernels():
+    """gpubp-cupy-graph's step, captured once and replayed, on the CPU emulation
+    of the kernels (its products through gpubp.cublas on the stand-in): replays
+    end where as many eager steps through the same GEMMs do, and its epoch runs
+    the trainer's graphs."""
+    import numpy as np
+    from _cuda_emulator import emulated_backend
+
+    from gpubp.bench.workloads import GpubpWorkload
+
+    backend = emulated_backend()
+    config = Config("t", (6, 70, 5, 3), 8)            # a layer of GEMMs, and narrow ones
+    graphed = GpubpWorkload(config, backend, 3, graphs=True)   # one warm-up step, then captured
+    with backend.capturable():
+        eager = GpubpWorkload(config, backend, 3)
+        for _ in range(4):
+            eager.step()
+    for _ in range(3):
+        graphed.step()
+    np.testing.assert_array_equal(graphed.model.params, eager.model.params)
+    assert float(graphed.loss_sum) == float(eager.loss_sum)
+    graphed.epoch()
+    assert graphed.trainer.graphs_off_reason is None and graphed.trainer._graph_cache
+
+
+def test_the_graph_workload_is_skipped_where_gpubp_cublas_fails_its_check():
+    from _cuda_emulator import emulated_backend
+    from _fake_cublas import fake_cublas
+
+    from gpubp.bench.workloads import GpubpWorkload
+
+    lib = fake_cublas()
+    if lib is None:
+        pytest.skip("needs the cuBLAS stand-in (a C compiler and cuBLAS's headers)")
+    lib.fake_cublas_fail_next(13)
+    with pytest.raises(RuntimeError, match="no CUDA graphs: gpubp.cublas failed its check"):
+        GpubpWorkload(Config("t", (6, 70, 3), 8), emulated_backend(), 2, graphs=True)

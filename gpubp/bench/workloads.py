@@ -45,18 +45,22 @@ class GpubpWorkload:
 
     def _capture_step(self):
         """The step captured once as a CUDA graph (after a warm-up step that
-        compiles and allocates), replayed by ``step``."""
-        import cupy
-
-        stream = cupy.cuda.Stream(non_blocking=True)
-        cupy.cuda.Device().synchronize()
+        compiles and allocates), replayed by ``step``. Where graphs cannot work
+        (the trainer's reasons: gpubp.cublas missing or failing its check, a
+        failed capture) it raises, and the benchmark lists the row as skipped."""
+        backend = self.model.backend
+        problem = backend.graphs_problem()
+        if problem is not None:
+            raise RuntimeError(f"no CUDA graphs: {problem}")
+        stream = backend.new_stream()
+        backend.synchronize_device()
         try:
-            with stream, self.model.backend.capturable():
+            with stream, backend.capturable():
                 self._eager_step()
                 graph = capture(stream, self._eager_step)
         finally:
             stream.synchronize()
-        self._graph_refs = self.model.backend._work.live()   # arrays the graph writes
+        self._graph_refs = backend._work.live()   # arrays the graph writes
         return graph
 
     def forward(self):
