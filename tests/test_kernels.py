@@ -420,7 +420,7 @@ def test_emulation_stops_a_kernel_that_reads_or_writes_past_an_array(rng):
     with pytest.raises(EmulationError, match=r"a write at byte 16 of argument 1, float32\[4\]"):
         forward((1, 1), (32, 8), (d, out[:4], np.int32(37), np.int32(5)))
     forward((1, 1), (32, 8), (d, out, np.int32(37), np.int32(5)))
-    np.testing.assert_allclose(out, d.sum(axis=0), rtol=1e-5)
+    assert max_rel_error(out, d.astype(np.float64).sum(axis=0)) < 1e-5   # norm-wise: sums cancel
 
     reverse = emulated_backend(sms=7, reverse_order=True)._kernels.function(
         "gather_rows", "gather_rows<float>")
