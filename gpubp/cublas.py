@@ -85,11 +85,13 @@ class Gemm:
 
     a, b and out are C-contiguous CuPy arrays of one dtype (float32, or float64
     with precision "float32"); "tf32" runs float32 products on the tensor cores
-    in TF32 with float32 accumulation.
+    in TF32 with float32 accumulation. ``lib`` is the cuBLAS library to call:
+    libcublas as :func:`library` loads it, unless given (the tests give a
+    stand-in, with :func:`declare`'s signatures).
     """
 
     def __init__(self, workspace_bytes=WORKSPACE_BYTES, lib=None):
-        lib = library() if lib is None else lib     # the tests pass a stand-in, see declare()
+        lib = library() if lib is None else lib
         handle = ctypes.c_void_p()
         _call(lib, "cublasCreate_v2", ctypes.byref(handle))
         self._lib, self._handle = lib, handle
