@@ -41,7 +41,8 @@ sys.exit(0 if gemm is not None else 3)
 EOF
 pre_rc=${PIPESTATUS[0]}
 
-PT=(-rs -p no:cacheprovider -o faulthandler_timeout=90 --durations=10)
+# The emulated tests (the GPU path on the CPU) are CI's: here they would only take time.
+PT=(-rs -p no:cacheprovider -o faulthandler_timeout=90 --durations=10 -k "not emulated")
 GPU_TESTS=(tests/test_cublas.py tests/test_trainer.py tests/test_kernels.py)
 timeout -k 10 200 python3 -m pytest -v "${PT[@]}" "${GPU_TESTS[@]}" 2>&1 \
     | tee "$OUT/tests_gpu.log" | grep -E "FAILED|ERROR|passed|failed|Timeout|slowest" | tail -n 40
