@@ -13,10 +13,10 @@
  *   CUBLAS_COMPUTE_32F_FAST_TF32: A and B rounded to TF32 (10 mantissa bits,
  *   to nearest, ties to even), as gpubp/precision.py defines it.
  *
- * What the real library does and this one adds: cublasSetStream resets the
- * workspace to cuBLAS's own pool (which allocates, so a CUDA graph capture would
- * fail); here a GEMM without a workspace set since the last cublasSetStream is
- * refused, so that gpubp.cublas is held to setting it again after each change.
+ * cublasSetStream resets the workspace to cuBLAS's own pool, as in cuBLAS. A
+ * GEMM would then allocate from that pool, which a CUDA graph capture cannot
+ * do: the stand-in refuses a GEMM until a workspace is set again, which holds
+ * gpubp.cublas to setting it after every change of stream.
  * fake_cublas_last() tells the tests what the last GEMM was called with, and
  * fake_cublas_problem() why the last call was refused. With fake_cublas_defer(1)
  * a GEMM checks its arguments and records them without computing: the CPU
