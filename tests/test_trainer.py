@@ -389,8 +389,8 @@ def test_graph_capture_falls_back_to_eager_with_a_reason(rng, monkeypatch, caplo
         model, trainer, _ = _train_on_gpu(X, y, cuda_graphs=True, epochs=3)
     assert trainer.graphs_off_reason
     assert len([r for r in caplog.records if "CUDA graphs off" in r.getMessage()]) == 1
-    # Norm-wise: its first epoch's products went through gpubp.cublas, the eager
-    # run's through cupy.matmul, and Adam's first steps move by lr whatever |g| is.
+    # Norm-wise: its first epoch's products went through gpubp.cublas and the eager
+    # run's through cupy.matmul, whose rounding may differ on the smallest parameters.
     assert max_rel_error(model.backend.to_numpy(model.params),
                          eager.backend.to_numpy(eager.params)) < 1e-5
     assert trainer.optimizer.steps == 3 * 5 == int(trainer.optimizer.step_count[0])
