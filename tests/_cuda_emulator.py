@@ -545,14 +545,12 @@ class EmulatedCupyBackend(CupyBackend):
         # once where CuPy's would be captured: here they run at launch. Their
         # work arrays are taken now, as a graph bakes in their addresses.
         rounded = self._work(a, "gemm_a"), self._work(b, "gemm_b")
-        gemm = self._direct_gemm() if getattr(self._local, "capturable", False) else None
+        capturable = getattr(self._local, "capturable", False)
+        product = self._direct_gemm() if capturable else self._numpy_gemm
 
         def run():
             x, y = round_to(np, a, "bf16", rounded[0]), round_to(np, b, "bf16", rounded[1])
-            if gemm is not None:
-                gemm(x, y, out, transa=transa, transb=transb)
-            else:
-                np.matmul(x.T if transa else x, y.T if transb else y, out=out)
+            product(x, y, out, transa=transa, transb=transb)
 
         _launch(run)
         return out
