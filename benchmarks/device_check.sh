@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU machine checks, in one call of the device tool:
-#   run: bash benchmarks/device_check.sh            (timeout_s 590; the phases below stop by 580 s)
+#   run: bash benchmarks/device_check.sh            (timeout_s 540; the phases below stop by 520 s, so that
+#   15 minutes of device time leave room for a second, shorter call)
 # 0. preflight: the GPU, the versions, whether the CuPy backend and gpubp.cublas work
 #    (if not, every GPU test would skip and the run would look green: it fails instead);
 # 1. the GPU-critical tests, verbose, slowest listed (cuBLAS binding, graphs vs eager, kernels);
@@ -44,22 +45,22 @@ pre_rc=${PIPESTATUS[0]}
 # The emulated tests (the GPU path on the CPU) are CI's: here they would only take time.
 PT=(-rs -p no:cacheprovider -o faulthandler_timeout=90 --durations=10 -k "not emulated")
 GPU_TESTS=(tests/test_cublas.py tests/test_trainer.py tests/test_kernels.py)
-timeout -k 10 200 python3 -m pytest -v "${PT[@]}" "${GPU_TESTS[@]}" 2>&1 \
+timeout -k 10 180 python3 -m pytest -v "${PT[@]}" "${GPU_TESTS[@]}" 2>&1 \
     | tee "$OUT/tests_gpu.log" | grep -E "FAILED|ERROR|passed|failed|Timeout|slowest" | tail -n 40
 gpu_rc=${PIPESTATUS[0]}
 ignores=()
 for t in "${GPU_TESTS[@]}"; do ignores+=(--ignore="$t"); done
-timeout -k 10 110 python3 -m pytest -q "${PT[@]}" tests "${ignores[@]}" 2>&1 \
+timeout -k 10 90 python3 -m pytest -q "${PT[@]}" tests "${ignores[@]}" 2>&1 \
     | tee "$OUT/tests.log" | tail -n 15
 tests_rc=${PIPESTATUS[0]}
 
-timeout -k 10 60 python3 -m gpubp bench --kernels --quick --json "$OUT/kernels.json" \
+timeout -k 10 50 python3 -m gpubp bench --kernels --quick --json "$OUT/kernels.json" \
     2>&1 | tee "$OUT/kernels.txt" | grep -v "^  kernel .* \.\.\.$"
 kernels_rc=${PIPESTATUS[0]}
 
 # At most 8 files come back: no PNG (the JSON holds every figure).
 # shellcheck disable=SC2086
-timeout -k 10 150 python3 -m gpubp bench ${BENCH_ARGS---quick} --json "$OUT/bench.json" \
+timeout -k 10 130 python3 -m gpubp bench ${BENCH_ARGS---quick} --json "$OUT/bench.json" \
     2>"$OUT/bench.err" | tee "$OUT/bench.txt"
 bench_rc=${PIPESTATUS[0]}
 [ "$bench_rc" -ne 0 ] && tail -n 30 "$OUT/bench.err"
