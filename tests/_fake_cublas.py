@@ -8,7 +8,7 @@ signatures ``gpubp.cublas.declare`` gives the real library, so the binding, the
 row-major to column-major argument mapping and the stream and workspace
 handling of ``gpubp.cublas.Gemm`` run without a GPU.
 
-    lib = fake_cublas()               # None where no C compiler or no cuBLAS header is found
+    lib = fake_cublas()               # None where no C compiler or no usable cuBLAS header is found
     with host_cupy(FakeCupy()):
         gemm = Gemm(lib=lib)
 """
@@ -44,15 +44,38 @@ class FakeGemmCall(ctypes.Structure):
                    ("workspace_bytes", ctypes.c_size_t)])
 
 
-def header_folders():
-    """The folders of cublas_api.h and of the CUDA runtime headers it includes, or None."""
+def _candidate_header_folders():
     try:
         from cuda.pathfinder import find_nvidia_header_directory
 
         folders = [find_nvidia_header_directory(name) for name in ("cublas", "cudart")]
+        if all(folders):
+            yield folders
     except Exception:
+        pass
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cublas_api.h").exists():
+            yield [str(Path(root) / "include")]
+
+
+@functools.cache
+def header_folders():
+    """The folders of cublas_api.h and of the CUDA runtime headers it includes, or
+    None. A set that does not compile on its own (a wheel that ships part of the
+    runtime's headers, say) is passed over: that is the machine's, not the stand-in's."""
+    cc = c_compiler()
+    if cc is None:
         return None
-    return folders if all(folders) else None
+    for folders in _candidate_header_folders():
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = Path(tmp) / "probe.c"
+            probe.write_text("#define CUBLASAPI\n#include <cublas_api.h>\nint main(void) { return 0; }\n")
+            done = subprocess.run([cc, "-std=c11", "-fsyntax-only",
+                                   *(f"-I{folder}" for folder in folders), str(probe)],
+                                  capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            return folders
+    return None
 
 
 def c_compiler():

@@ -41,7 +41,7 @@ def stand_in():
     """(the stand-in library, the fake CuPy that Gemm sees, a Gemm on both)."""
     lib = fake_cublas()
     if lib is None:
-        pytest.skip("the cuBLAS stand-in needs a C compiler and cuBLAS's headers")
+        pytest.skip("the cuBLAS stand-in needs a C compiler and a set of cuBLAS headers that compiles")
     with host_cupy(FakeCupy()) as fake:
         gemm = cublas.Gemm(lib=lib)
     yield lib, fake, gemm
@@ -65,6 +65,31 @@ def test_the_stand_in_is_held_to_cublas_api_h(tmp_path, stand_in):
     code, messages = build(wrong, tmp_path / "wrong.so")
     messages = messages.replace("\u2018", "'").replace("\u2019", "'")    # gcc's quotes
     assert code != 0 and "conflicting types for 'cublasGemmEx'" in messages
+
+
+def test_a_header_set_that_does_not_compile_is_passed_over(tmp_path, monkeypatch):
+    """On the H200 machine, cuda-pathfinder found a wheel's cublas_api.h whose runtime
+    headers lacked crt/host_defines.h: such a set is skipped, not built and failed."""
+    import _fake_cublas
+
+    if _fake_cublas.c_compiler() is None:
+        pytest.skip("no C compiler")
+    good = tmp_path / "good"
+    broken = tmp_path / "broken"
+    for folder, body in ((good, "typedef int cublasStatus_t;\n"),
+                         (broken, '#include "crt/host_defines.h"\n')):
+        folder.mkdir()
+        (folder / "cublas_api.h").write_text(body)
+    sets = [[str(broken)], [str(good)]]
+    monkeypatch.setattr(_fake_cublas, "_candidate_header_folders", lambda: iter(sets))
+    _fake_cublas.header_folders.cache_clear()
+    try:
+        assert _fake_cublas.header_folders() == [str(good)]
+        sets.pop()
+        _fake_cublas.header_folders.cache_clear()
+        assert _fake_cublas.header_folders() is None
+    finally:
+        _fake_cublas.header_folders.cache_clear()
 
 
 # The stand-in sums in double and rounds once: only the output's rounding is left.

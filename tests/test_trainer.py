@@ -237,6 +237,14 @@ def _train_on_gpu(X, y, cuda_graphs, epochs=6, l2=0.01):
     return model, trainer, history
 
 
+def _check_graphs_again(monkeypatch, backend):
+    """Makes the (shared, cached) CuPy backend check gpubp.cublas again, and puts
+    back both the flag and the verdict afterwards: restoring the flag alone left
+    the planted verdict behind for every later test (seen on an H200)."""
+    monkeypatch.setattr(backend, "_graphs_checked", False)
+    monkeypatch.setattr(backend, "_graphs_problem", None)
+
+
 def _needs_direct_gemm():
     backend = gpubp.get_backend("cupy")
     if backend._direct_gemm() is None:
@@ -400,7 +408,7 @@ def test_graph_capture_falls_back_to_eager_with_a_reason(rng, monkeypatch, caplo
 def test_graphs_need_the_direct_gemm(rng, monkeypatch, caplog):
     backend = gpubp.get_backend("cupy")
     monkeypatch.setattr(backend, "_direct_gemm", lambda: None)
-    monkeypatch.setattr(backend, "_graphs_checked", False)     # check again, with no GEMM
+    _check_graphs_again(monkeypatch, backend)                   # with no GEMM
     X, y = rng.normal(size=(200, 20)).astype(np.float32), rng.integers(0, 5, size=200)
     with caplog.at_level("WARNING", logger="gpubp"):
         _, trainer, history = _train_on_gpu(X, y, cuda_graphs=True, epochs=2)
@@ -422,7 +430,7 @@ def test_graphs_are_on_by_default_on_the_gpu_and_checked_first(rng, monkeypatch,
 
     gemm = backend._direct_gemm()
     monkeypatch.setattr(backend, "_direct_gemm", lambda: lambda a, b, out, **kw: out.fill(1))
-    monkeypatch.setattr(backend, "_graphs_checked", False)
+    _check_graphs_again(monkeypatch, backend)
     assert "disagrees with cupy.matmul" in backend.graphs_problem()
     with caplog.at_level("WARNING", logger="gpubp"):
         trainer = gpubp.Trainer(gpubp.MLP([20, 8, 5], backend="cupy"), batch_size=32)
