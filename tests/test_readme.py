@@ -34,3 +34,44 @@ def test_two_setup_commands_and_ci_runs_the_test_one(readme):
 def test_every_kernel_file_is_in_the_table(readme):
     for cu in (ROOT / "kernels").glob("*.cu"):
         assert f"`kernels/{cu.name}`" in readme
+
+
+# Issue 4's targets: (peer the graph-replayed step is divided by, limit) per row.
+H100_TARGETS = {("small", "float32"): ("torch-cuda-graph", 0.5),
+                ("medium", "float32"): ("torch-cuda-graph", 0.8),
+                ("large", "float32"): ("floor-cupy", 1.05),
+                ("large", "tf32"): ("floor-cupy", 1.1),
+                ("narrow", "float32"): ("torch-cuda", 0.65)}
+H100_COLUMNS = ("gpubp-cupy", "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-cupy",
+                "torch-cuda", "torch-cuda-graph", "floor-torch-cuda")
+
+
+def test_the_h100_table_is_the_saved_runs(readme):
+    """Every figure of the README's H100 table is the saved JSON's, as the bench
+    prints it, and each target's ratio and verdict follow from those medians."""
+    import json
+
+    from gpubp.bench.report import fmt
+
+    results = ROOT / "benchmarks" / "results"
+    runs = {"float32": results / "h100-2026-11-26.json",
+            "tf32": results / "h100-large-tf32-2026-11-26.json"}
+    medians = {}
+    for precision, path in runs.items():
+        data = json.loads(path.read_text())
+        assert data["complete"] and data["settings"]["precision"] == precision
+        assert data["meta"]["gpu"].startswith("NVIDIA H100") and data["settings"]["repeat"] == 30
+        medians[precision] = {(m["config"], m["subject"]): m["median_us"]
+                              for m in data["measurements"] if m["workload"] == "step"}
+    section = readme.split("**H100**", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = rows[1:]                                           # the header
+    assert {(r[0], r[1]) for r in rows} == set(H100_TARGETS) and len(rows) == len(H100_TARGETS)
+    for config, precision, *cells in rows:
+        step = medians[precision]
+        assert cells[:7] == [fmt(step[config, s]) for s in H100_COLUMNS], config
+        peer, limit = H100_TARGETS[config, precision]
+        ratio = step[config, "gpubp-cupy-graph"] / step[config, peer]
+        assert cells[7].startswith(f"≤ {limit} × ")
+        assert cells[8] == f"{ratio:.3f}, {'met' if ratio <= limit else 'not met'}"
