@@ -36,6 +36,18 @@ def max_rel_error(actual, expected):
     return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-300))
 
 
+def sum_error(actual, terms):
+    """max |actual - sum(terms, axis=0)| / max sum(|terms|, axis=0), in float64.
+
+    A floating-point sum's rounding error is bounded relative to the sum of the
+    magnitudes it adds, not to the result, which may cancel to near zero: a
+    column of five terms summing to 7e-5 can be off by 5e-4 of itself in float32
+    (seen in CI), while off by 1e-8 of what it added."""
+    terms = np.asarray(terms, dtype=np.float64)
+    error = np.abs(np.asarray(actual, dtype=np.float64) - terms.sum(axis=0))
+    return float(np.max(error) / max(np.max(np.abs(terms).sum(axis=0)), 1e-300))
+
+
 # -- a plain per-example reference of backpropagation, in float64 -------------
 
 def _g(name, z):
