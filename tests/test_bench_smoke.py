@@ -271,6 +271,14 @@ def test_kernel_table_runs_every_case():
     assert len(rows) >= 10 and all("fused" in r and "unfused" in r and r["speedup"] > 0 for r in rows)
     printed = kernel_table(rows, environment())
     assert all(r["kernel"] in printed for r in rows)
+    # The narrow-layer kernels, also as the backend's own variants, which leave it as it was.
+    dense = [r for r in rows if r["kernel"].startswith("dense_")]
+    assert len(dense) == 4 and all("variants" not in r for r in rows if r not in dense)
+    for r in dense:
+        assert set(r["variants"]) == {"composed", "2 blocks/SM", "6 blocks/SM", "8 blocks/SM"}
+        assert all(v["median_us"] > 0 for v in r["variants"].values())
+    assert printed.count("composed ") == 4
+    assert emulated._dl_blocks_per_sm == 4 and "_DL_MAX" not in emulated.__dict__
 
 
 def test_a_kernel_that_fails_to_run_is_reported_and_the_table_goes_on():

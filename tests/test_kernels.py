@@ -276,6 +276,28 @@ def test_l2_penalty(both, rng, dtype, n):
     _check(cpb, lc, ln, dtype)
 
 
+@pytest.mark.parametrize("blocks_per_sm", [1, 3, 8])
+def test_dense_layer_on_any_grid(both, rng, monkeypatch, blocks_per_sm):
+    """dense_layer.cu on grids of other sizes (`gpubp bench --kernels` times 2, 6
+    and 8 blocks per SM): each block takes tiles in turn, so the activations and
+    deltas are the same bits, and the column sums the same within rounding."""
+    cpb, _ = both
+    m, K, N = 1000, 64, 64
+    a, w, b = (cpb.asarray(rng.normal(size=s).astype(np.float32)) for s in ((m, K), (K, N), (N,)))
+    e = cpb.asarray(rng.normal(size=(m, N)).astype(np.float32))
+    results = []
+    for setting in (4, blocks_per_sm):
+        monkeypatch.setattr(cpb, "_dl_blocks_per_sm", setting)
+        z = cpb.dense_forward(a, w, b, "relu", out=cpb.xp.empty((m, N), dtype=np.float32))
+        d, db = cpb.xp.empty((m, K), dtype=np.float32), cpb.xp.empty(K, dtype=np.float32)
+        cpb.dense_backward(e, w, z[:, :K], "relu", out=d, db=db)
+        results.append([cpb.to_numpy(x) for x in (z, d, db)])
+    (z0, d0, db0), (z1, d1, db1) = results
+    np.testing.assert_array_equal(z1, z0)
+    np.testing.assert_array_equal(d1, d0)
+    assert sum_error(db1, d0) < TOL["float32"]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_sgd_kernel(both, rng, dtype, momentum, nesterov):

@@ -32,6 +32,7 @@ class CupyBackend:
         device = cupy.cuda.Device()
         self._sms = device.attributes["MultiProcessorCount"]
         self._max_blocks = 32 * self._sms
+        self._dl_blocks_per_sm = 4                  # dense_layer.cu's grid; `gpubp bench --kernels` sweeps it
         # Stand-ins for pointer arguments a kernel variant never reads.
         self._unused_labels = cupy.zeros(1, dtype=np.int32)
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
@@ -169,7 +170,7 @@ class CupyBackend:
                 and all(x.dtype == np.float32 and x.flags.c_contiguous for x in (w, *arrays)))
 
     def _dense_grid(self, m):
-        return max(1, min((m + self._DL_ROWS - 1) // self._DL_ROWS, 4 * self._sms))
+        return max(1, min((m + self._DL_ROWS - 1) // self._DL_ROWS, self._dl_blocks_per_sm * self._sms))
 
     def dense_forward(self, a, w, b, activation, out, precision="float32"):
         if not self._dense_fused(w, precision, a, b, out):

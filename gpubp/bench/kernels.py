@@ -6,12 +6,20 @@ as plain array expressions (the NumPy backend's definition on CuPy arrays:
 benchmark config's. The table gives both medians, the speedup, and the
 fused kernel's effective bandwidth: the bytes it must move at the least (each
 operand read once, each result written once) over its time. That is the figure
-to hold against the card's peak (about 3.35 TB/s on an H100 SXM)::
+to hold against the card's peak (about 3.35 TB/s on an H100 SXM).
+
+The narrow-layer kernels (``kernels/dense_layer.cu``) are also timed as
+variants of the CuPy backend itself: its composed path (cuBLAS, then the
+separate per-element kernels), which it takes for wider layers, and the fused
+kernel on grids of 2, 6 and 8 blocks per SM (4 is the default). These decide
+which layers take the kernel, and its grid::
 
     gpubp bench --kernels [--quick] [--json PATH]
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -97,6 +105,8 @@ def _cases(m_narrow=262144, wide=4096):
          dense_forward("identity", 64, 16)),
         ("dense_backward relu 64<-64", "narrow", F32 * (3 * n * 64 + 64 * 64 + 64),
          dense_backward("relu", 64, 64)),
+        ("dense_backward relu 64<-16", "narrow", F32 * (n * 16 + 2 * n * 64 + 64 * 16 + 64),
+         dense_backward("relu", 64, 16)),
         ("bias_activation sigmoid", "large", F32 * (2 * big + wide),
          bias_activation("sigmoid", wide, wide)),
         ("activation_backward sigmoid", "large", F32 * 3 * big,
@@ -109,6 +119,29 @@ def _cases(m_narrow=262144, wide=4096):
         ("adam 50M parameters", "large", F32 * 7 * n_adam, adam(n_adam)),
         ("gather_rows 262144x64", "narrow", F32 * 2 * n * 64 + 8 * n, gather(n, 64)),
     ]
+
+
+# (label, the CuPy backend's attributes for it) for the dense_layer.cu cases.
+DENSE_VARIANTS = [("composed", {"_DL_MAX": 0}),
+                  ("2 blocks/SM", {"_dl_blocks_per_sm": 2}),
+                  ("6 blocks/SM", {"_dl_blocks_per_sm": 6}),
+                  ("8 blocks/SM", {"_dl_blocks_per_sm": 8})]
+
+
+@contextlib.contextmanager
+def _backend_settings(backend, settings):
+    """The backend with ``settings`` as instance attributes, put back after."""
+    before = {k: backend.__dict__[k] for k in settings if k in backend.__dict__}
+    try:
+        for k, value in settings.items():
+            setattr(backend, k, value)
+        yield backend
+    finally:
+        for k in settings:
+            if k in before:
+                setattr(backend, k, before[k])
+            else:
+                delattr(backend, k)
 
 
 def _rand(backend, rng, *shape):
@@ -128,6 +161,8 @@ def run_kernels(fused, unfused, clock, quick=False, log=print, scale=1):
             try:  # an operation one side cannot set up or run is reported; the table goes on
                 call = setup(backend, rng)
                 row[label] = measure(call, clock, repeat=repeat, warmup=2, budget_s=5.0).to_dict()
+                if label == "fused" and name.startswith("dense_") and hasattr(backend, "_dl_blocks_per_sm"):
+                    row["variants"] = _variants(backend, call, clock, repeat, log)
                 del call
             except Exception as exc:
                 row[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
@@ -140,6 +175,19 @@ def run_kernels(fused, unfused, clock, quick=False, log=print, scale=1):
     return rows
 
 
+def _variants(backend, call, clock, repeat, log):
+    """The same call under each of DENSE_VARIANTS: {label: timing, or {"error": ...}}."""
+    out = {}
+    for label, settings in DENSE_VARIANTS:
+        try:
+            with _backend_settings(backend, settings):
+                out[label] = measure(call, clock, repeat=repeat, warmup=2, budget_s=5.0).to_dict()
+        except Exception as exc:
+            out[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"    variant {label} failed: {out[label]['error']}")
+    return out
+
+
 def kernel_table(rows, meta):
     lines = [f"gpubp bench --kernels  {meta['date']}  gpu: {meta['gpu'] or 'none'}",
              f"  {'kernel':<32}{'config':>8}{'fused µs':>11}{'unfused µs':>12}{'speedup':>9}"
@@ -150,6 +198,10 @@ def kernel_table(rows, meta):
         speed = f"{r['speedup']:.2f}" if "speedup" in r else "-"
         bw = f"{r['fused_gb_s']:.0f}" if "fused_gb_s" in r else "-"
         lines.append(f"  {r['kernel']:<32}{r['config']:>8}{fused:>11}{unfused:>12}{speed:>9}{bw:>12}")
+        if r.get("variants"):
+            lines.append("    the backend's own variants (fused above: 4 blocks/SM): " + ", ".join(
+                f"{label} {v['median_us']:.1f} µs" if "median_us" in v else f"{label} failed"
+                for label, v in r["variants"].items()))
         for label in ("fused", "unfused"):
             if f"{label}_error" in r:
                 lines.append(f"    {label}: {r[f'{label}_error']}")
