@@ -267,7 +267,7 @@ def test_kernel_table_runs_every_case():
 
     emulated = emulated_backend()
     rows = run_kernels(emulated, get_backend("numpy"), HostClock(), quick=True, log=lambda s: None,
-                       scale=64)
+                       scale=256)
     assert len(rows) >= 10 and all("fused" in r and "unfused" in r and r["speedup"] > 0 for r in rows)
     printed = kernel_table(rows, environment())
     assert all(r["kernel"] in printed for r in rows)

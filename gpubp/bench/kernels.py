@@ -97,6 +97,7 @@ def _cases(m_narrow=262144, wide=4096):
         return setup
 
     big = wide * wide
+    rows_ce = min(1024, wide)                            # medium's batch (scaled down with wide)
     n_adam = 3 * wide * wide + 3 * wide                  # the large config's parameters
     return [
         ("dense_forward relu 64->64", "narrow", F32 * (2 * n * 64 + 64 * 64 + 64),
@@ -113,8 +114,8 @@ def _cases(m_narrow=262144, wide=4096):
          activation_backward("sigmoid", wide, wide)),
         ("bias_grad 262144x64", "narrow", F32 * (n * 64 + 64), bias_grad(n, 64)),
         ("bias_grad 4096x4096", "large", F32 * (big + wide), bias_grad(wide, wide)),
-        ("softmax_cross_entropy 1024x10", "medium", F32 * 2 * 1024 * 10 + 4 * 1024,
-         softmax_ce(1024, 10)),
+        (f"softmax_cross_entropy {rows_ce}x10", "medium", F32 * 2 * rows_ce * 10 + 4 * rows_ce,
+         softmax_ce(rows_ce, 10)),
         ("pointwise_loss mse 262144x16", "narrow", F32 * 3 * n * 16, mse(n, 16)),
         ("adam 50M parameters", "large", F32 * 7 * n_adam, adam(n_adam)),
         ("gather_rows 262144x64", "narrow", F32 * 2 * n * 64 + 8 * n, gather(n, 64)),
