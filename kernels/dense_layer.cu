@@ -16,6 +16,15 @@
 // for bit. g and g' as in common.cuh (ACT: 0 identity, 1 sigmoid, 2 tanh,
 // 3 relu, 4 leaky_relu).
 //
+// STAGED (a template flag) changes only the order of memory traffic, not a
+// single bit of the results: the tile's outputs (forward) or its activations
+// and deltas (backward) go through shared memory, so that global memory is
+// read and written in whole contiguous rows (the tile's 64 rows of a C-order
+// matrix are one contiguous block). Unstaged, each thread writes its 4 x 8
+// outputs, and reads its 4 x 8 activations backward, straight from global
+// memory: 16 sectors per warp instruction for 128 useful bytes. Which is faster
+// on a card is measured (`gpubp bench --kernels`, the variant "staged").
+//
 // K, N <= 64. W sits in shared memory for the whole kernel. A block of 128
 // threads takes tiles of 64 rows in turn (grid-stride), staged transposed in
 // shared memory (through cp.async on sm_80+). Each thread computes 4 rows x 8
@@ -50,6 +59,12 @@ __device__ __forceinline__ void gpubp_dl_stage(float (*tile)[GPUBP_DL_ROWS + 1],
 #endif
 }
 
+// The rows of the tile that starts at row0 (64, or fewer in the last one).
+__device__ __forceinline__ int gpubp_dl_rows_left(long long row0, int m) {
+    const long long left = m - row0;
+    return left < GPUBP_DL_ROWS ? (int)left : GPUBP_DL_ROWS;
+}
+
 // The 8 columns of a thread: 4 cg .. 4 cg + 3 and 32 + 4 cg .. 32 + 4 cg + 3, so
 // that a warp's 4-wide shared loads hit distinct banks and its stores cover
 // contiguous 128-byte runs.
@@ -73,7 +88,7 @@ __device__ __forceinline__ void gpubp_dl_product(float (&acc)[4][8],
     }
 }
 
-template <int ACT>
+template <int ACT, bool STAGED>
 __global__ void dense_forward(const float* __restrict__ a, const float* __restrict__ w,
                               const float* __restrict__ b, float* __restrict__ z,
                               int m, int K, int N) {
@@ -94,6 +109,23 @@ __global__ void dense_forward(const float* __restrict__ a, const float* __restri
         __syncthreads();
         float acc[4][8];
         gpubp_dl_product(acc, as, ws, K, rg, cg);
+        if (STAGED) {
+            __syncthreads();                                   // the tile is read: reuse as
+            for (int q = 0; q < 4; ++q)                        // as[r][j] = z[row0 + r, j]
+                for (int c = 0; c < 8; ++c) {
+                    const int j = gpubp_dl_col(cg, c);
+                    if (j < N) as[4 * rg + q][j] = gpubp_activate<ACT>(acc[q][c] + bias[c]);
+                }
+            __syncthreads();
+            const int count = gpubp_dl_rows_left(row0, m) * N;
+            float* out = z + row0 * N;                         // the tile's rows: one block
+#pragma unroll 4
+            for (int i = threadIdx.x; i < count; i += blockDim.x) {
+                const int r = i / N;
+                out[i] = as[r][i - r * N];
+            }
+            continue;
+        }
         for (int q = 0; q < 4; ++q) {
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
@@ -105,7 +137,7 @@ __global__ void dense_forward(const float* __restrict__ a, const float* __restri
     }
 }
 
-template <int ACT>
+template <int ACT, bool STAGED>
 __global__ void dense_backward(const float* __restrict__ e, const float* __restrict__ w,
                                const float* __restrict__ a, float* __restrict__ d,
                                float* __restrict__ partial, int m, int K, int N) {
@@ -126,6 +158,35 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
         __syncthreads();
         float acc[4][8];
         gpubp_dl_product(acc, es, wt, N, rg, cg);
+        if (STAGED) {
+            const int count = gpubp_dl_rows_left(row0, m) * K;
+            __syncthreads();                                   // the tile is read: reuse es
+#pragma unroll 4
+            for (int i = threadIdx.x; i < count; i += blockDim.x) {   // es[r][k] = a[row0 + r, k]
+                const int r = i / K;
+                es[r][i - r * K] = a[row0 * K + i];
+            }
+            __syncthreads();
+            for (int q = 0; q < 4; ++q) {                      // then d, in place, same order
+                if (row0 + 4 * rg + q >= m) break;
+                for (int c = 0; c < 8; ++c) {
+                    const int k = gpubp_dl_col(cg, c);
+                    if (k < K) {
+                        const float dk = acc[q][c] * gpubp_activation_grad<ACT>(es[4 * rg + q][k]);
+                        es[4 * rg + q][k] = dk;
+                        colsum[c] += dk;
+                    }
+                }
+            }
+            __syncthreads();
+            float* out = d + row0 * K;
+#pragma unroll 4
+            for (int i = threadIdx.x; i < count; i += blockDim.x) {
+                const int r = i / K;
+                out[i] = es[r][i - r * K];
+            }
+            continue;
+        }
         for (int q = 0; q < 4; ++q) {
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
@@ -148,13 +209,23 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
     }
 }
 
-template __global__ void dense_forward<0>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<1>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<2>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<3>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<4>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_backward<0>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<1>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<2>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<3>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<4>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_forward<0, false>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<1, false>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<2, false>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<3, false>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<4, false>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<0, true>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<1, true>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<2, true>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<3, true>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<4, true>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_backward<0, false>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<1, false>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<2, false>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<3, false>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<4, false>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<0, true>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<1, true>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<2, true>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<3, true>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<4, true>(const float*, const float*, const float*, float*, float*, int, int, int);

@@ -261,7 +261,7 @@ def test_kernel_table_runs_every_case():
     from _cuda_emulator import emulated_backend
 
     from gpubp import get_backend
-    from gpubp.bench.kernels import kernel_table, run_kernels
+    from gpubp.bench.kernels import DENSE_VARIANTS, kernel_table, run_kernels
     from gpubp.bench.run import environment
     from gpubp.bench.timing import HostClock
 
@@ -275,10 +275,11 @@ def test_kernel_table_runs_every_case():
     dense = [r for r in rows if r["kernel"].startswith("dense_")]
     assert len(dense) == 4 and all("variants" not in r for r in rows if r not in dense)
     for r in dense:
-        assert set(r["variants"]) == {"composed", "2 blocks/SM", "6 blocks/SM", "8 blocks/SM"}
+        assert list(r["variants"]) == [label for label, _ in DENSE_VARIANTS]
         assert all(v["median_us"] > 0 for v in r["variants"].values())
     assert printed.count("composed ") == 4
-    assert emulated._dl_blocks_per_sm == 4 and "_DL_MAX" not in emulated.__dict__
+    assert (emulated._dl_blocks_per_sm, emulated._dl_staged) == (4, False)
+    assert "_DL_MAX" not in emulated.__dict__
 
 
 def test_a_kernel_that_fails_to_run_is_reported_and_the_table_goes_on():

@@ -276,25 +276,38 @@ def test_l2_penalty(both, rng, dtype, n):
     _check(cpb, lc, ln, dtype)
 
 
-@pytest.mark.parametrize("blocks_per_sm", [1, 3, 8])
-def test_dense_layer_on_any_grid(both, rng, monkeypatch, blocks_per_sm):
-    """dense_layer.cu on grids of other sizes (`gpubp bench --kernels` times 2, 6
-    and 8 blocks per SM): each block takes tiles in turn, so the activations and
-    deltas are the same bits, and the column sums the same within rounding."""
+@pytest.mark.parametrize("blocks_per_sm,staged", [(1, False), (3, False), (8, False),
+                                                  (4, True), (8, True)])
+@pytest.mark.parametrize("activation,m,K,N", [("relu", 1000, 64, 64), ("sigmoid", 37, 19, 23),
+                                              ("tanh", 130, 16, 64), ("identity", 300, 64, 16)])
+def test_dense_layer_variants_are_the_same_bits(both, rng, monkeypatch, blocks_per_sm, staged,
+                                                activation, m, K, N):
+    """dense_layer.cu as `gpubp bench --kernels` also times it: on other grids, and
+    STAGED through shared memory. Each block takes tiles in turn and each thread
+    keeps its order of work, so activations and deltas are the same bits as the
+    default's (which test_dense_forward and test_dense_backward check against
+    NumPy); the column sums too on the same grid, and within rounding on others."""
     cpb, _ = both
-    m, K, N = 1000, 64, 64
     a, w, b = (cpb.asarray(rng.normal(size=s).astype(np.float32)) for s in ((m, K), (K, N), (N,)))
     e = cpb.asarray(rng.normal(size=(m, N)).astype(np.float32))
+    stored = rng.normal(size=(m, K))                      # this layer's stored activation
+    if activation in ("sigmoid", "tanh"):
+        stored = np.tanh(stored) if activation == "tanh" else 1 / (1 + np.exp(-stored))
+    stored = cpb.asarray(stored.astype(np.float32))
     results = []
-    for setting in (4, blocks_per_sm):
-        monkeypatch.setattr(cpb, "_dl_blocks_per_sm", setting)
-        z = cpb.dense_forward(a, w, b, "relu", out=cpb.xp.empty((m, N), dtype=np.float32))
-        d, db = cpb.xp.empty((m, K), dtype=np.float32), cpb.xp.empty(K, dtype=np.float32)
-        cpb.dense_backward(e, w, z[:, :K], "relu", out=d, db=db)
+    for grid, stage in ((4, False), (blocks_per_sm, staged)):
+        monkeypatch.setattr(cpb, "_dl_blocks_per_sm", grid)
+        monkeypatch.setattr(cpb, "_dl_staged", stage)
+        z = cpb.dense_forward(a, w, b, activation, out=cpb.xp.full((m, N), np.nan, dtype=np.float32))
+        d, db = cpb.xp.full((m, K), np.nan, dtype=np.float32), cpb.xp.empty(K, dtype=np.float32)
+        cpb.dense_backward(e, w, stored, activation, out=d, db=db)
         results.append([cpb.to_numpy(x) for x in (z, d, db)])
     (z0, d0, db0), (z1, d1, db1) = results
+    assert not np.isnan(z0).any() and not np.isnan(d0).any()
     np.testing.assert_array_equal(z1, z0)
     np.testing.assert_array_equal(d1, d0)
+    if blocks_per_sm == 4:
+        np.testing.assert_array_equal(db1, db0)
     assert sum_error(db1, d0) < TOL["float32"]
 
 

@@ -32,7 +32,8 @@ class CupyBackend:
         device = cupy.cuda.Device()
         self._sms = device.attributes["MultiProcessorCount"]
         self._max_blocks = 32 * self._sms
-        self._dl_blocks_per_sm = 4                  # dense_layer.cu's grid; `gpubp bench --kernels` sweeps it
+        # dense_layer.cu's grid and its STAGED variant: `gpubp bench --kernels` times the others.
+        self._dl_blocks_per_sm, self._dl_staged = 4, False
         # Stand-ins for pointer arguments a kernel variant never reads.
         self._unused_labels = cupy.zeros(1, dtype=np.int32)
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
@@ -178,7 +179,7 @@ class CupyBackend:
             return self.bias_activation(out, b, activation)
         m, (K, N) = a.shape[0], w.shape
         code = kernels.ACTIVATION_CODES[activation]
-        self._kernels.function("dense_layer", f"dense_forward<{code}>")(
+        self._kernels.function("dense_layer", f"dense_forward<{code}, {str(self._dl_staged).lower()}>")(
             (self._dense_grid(m),), (self._DL_THREADS,),
             (a, w, b, out, np.int32(m), np.int32(K), np.int32(N)))
         return out
@@ -192,7 +193,7 @@ class CupyBackend:
         grid = self._dense_grid(m)
         partial = self._work.empty((grid, K), np.float32, "dense_backward")
         code = kernels.ACTIVATION_CODES[activation]
-        self._kernels.function("dense_layer", f"dense_backward<{code}>")(
+        self._kernels.function("dense_layer", f"dense_backward<{code}, {str(self._dl_staged).lower()}>")(
             (grid,), (self._DL_THREADS,),
             (delta, w, a, out, partial, np.int32(m), np.int32(K), np.int32(N)))
         self._kernels.function("bias_grad", "bias_grad_finish<float>")(

@@ -11,8 +11,9 @@ to hold against the card's peak (about 3.35 TB/s on an H100 SXM).
 The narrow-layer kernels (``kernels/dense_layer.cu``) are also timed as
 variants of the CuPy backend itself: its composed path (cuBLAS, then the
 separate per-element kernels), which it takes for wider layers, and the fused
-kernel on grids of 2, 6 and 8 blocks per SM (4 is the default). These decide
-which layers take the kernel, and its grid::
+kernel staged through shared memory (its STAGED flag) and on grids of 2, 6
+and 8 blocks per SM (4 is the default). These decide which layers take the
+kernel, and how it runs::
 
     gpubp bench --kernels [--quick] [--json PATH]
 """
@@ -124,9 +125,11 @@ def _cases(m_narrow=262144, wide=4096):
 
 # (label, the CuPy backend's attributes for it) for the dense_layer.cu cases.
 DENSE_VARIANTS = [("composed", {"_DL_MAX": 0}),
+                  ("staged", {"_dl_staged": True}),
                   ("2 blocks/SM", {"_dl_blocks_per_sm": 2}),
                   ("6 blocks/SM", {"_dl_blocks_per_sm": 6}),
-                  ("8 blocks/SM", {"_dl_blocks_per_sm": 8})]
+                  ("8 blocks/SM", {"_dl_blocks_per_sm": 8}),
+                  ("staged, 6 blocks/SM", {"_dl_staged": True, "_dl_blocks_per_sm": 6})]
 
 
 @contextlib.contextmanager
