@@ -65,6 +65,32 @@ __device__ __forceinline__ int gpubp_dl_rows_left(long long row0, int m) {
     return left < GPUBP_DL_ROWS ? (int)left : GPUBP_DL_ROWS;
 }
 
+// The tile's rows of a C-order (rows, cols) matrix are one contiguous block
+// from row0 on: copied between it and tile[r][j] in whole rows (STAGED).
+__device__ __forceinline__ void gpubp_dl_rows_to_shared(float (*tile)[GPUBP_DL_ROWS + 1],
+                                                        const float* src, long long row0, int m,
+                                                        int cols) {
+    const float* from = src + row0 * cols;
+    const int count = gpubp_dl_rows_left(row0, m) * cols;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        const int r = i / cols;
+        tile[r][i - r * cols] = from[i];
+    }
+}
+
+__device__ __forceinline__ void gpubp_dl_rows_from_shared(float* dst,
+                                                          const float (*tile)[GPUBP_DL_ROWS + 1],
+                                                          long long row0, int m, int cols) {
+    float* to = dst + row0 * cols;
+    const int count = gpubp_dl_rows_left(row0, m) * cols;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        const int r = i / cols;
+        to[i] = tile[r][i - r * cols];
+    }
+}
+
 // The 8 columns of a thread: 4 cg .. 4 cg + 3 and 32 + 4 cg .. 32 + 4 cg + 3, so
 // that a warp's 4-wide shared loads hit distinct banks and its stores cover
 // contiguous 128-byte runs.
@@ -109,30 +135,21 @@ __global__ void dense_forward(const float* __restrict__ a, const float* __restri
         __syncthreads();
         float acc[4][8];
         gpubp_dl_product(acc, as, ws, K, rg, cg);
-        if (STAGED) {
-            __syncthreads();                                   // the tile is read: reuse as
-            for (int q = 0; q < 4; ++q)                        // as[r][j] = z[row0 + r, j]
-                for (int c = 0; c < 8; ++c) {
-                    const int j = gpubp_dl_col(cg, c);
-                    if (j < N) as[4 * rg + q][j] = gpubp_activate<ACT>(acc[q][c] + bias[c]);
-                }
-            __syncthreads();
-            const int count = gpubp_dl_rows_left(row0, m) * N;
-            float* out = z + row0 * N;                         // the tile's rows: one block
-#pragma unroll 4
-            for (int i = threadIdx.x; i < count; i += blockDim.x) {
-                const int r = i / N;
-                out[i] = as[r][i - r * N];
-            }
-            continue;
-        }
-        for (int q = 0; q < 4; ++q) {
+        if (STAGED) __syncthreads();                           // the tile is read: reuse as
+        for (int q = 0; q < 4; ++q) {                          // staged: as[r][j] = z[row0 + r, j]
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
             for (int c = 0; c < 8; ++c) {
                 const int j = gpubp_dl_col(cg, c);
-                if (j < N) z[row * N + j] = gpubp_activate<ACT>(acc[q][c] + bias[c]);
+                if (j >= N) continue;
+                const float zj = gpubp_activate<ACT>(acc[q][c] + bias[c]);
+                if (STAGED) as[4 * rg + q][j] = zj;
+                else z[row * N + j] = zj;
             }
+        }
+        if (STAGED) {
+            __syncthreads();
+            gpubp_dl_rows_from_shared(z, as, row0, m, N);
         }
     }
 }
@@ -158,46 +175,27 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
         __syncthreads();
         float acc[4][8];
         gpubp_dl_product(acc, es, wt, N, rg, cg);
-        if (STAGED) {
-            const int count = gpubp_dl_rows_left(row0, m) * K;
+        if (STAGED) {                                          // es[r][k] = a[row0 + r, k]
             __syncthreads();                                   // the tile is read: reuse es
-#pragma unroll 4
-            for (int i = threadIdx.x; i < count; i += blockDim.x) {   // es[r][k] = a[row0 + r, k]
-                const int r = i / K;
-                es[r][i - r * K] = a[row0 * K + i];
-            }
+            gpubp_dl_rows_to_shared(es, a, row0, m, K);
             __syncthreads();
-            for (int q = 0; q < 4; ++q) {                      // then d, in place, same order
-                if (row0 + 4 * rg + q >= m) break;
-                for (int c = 0; c < 8; ++c) {
-                    const int k = gpubp_dl_col(cg, c);
-                    if (k < K) {
-                        const float dk = acc[q][c] * gpubp_activation_grad<ACT>(es[4 * rg + q][k]);
-                        es[4 * rg + q][k] = dk;
-                        colsum[c] += dk;
-                    }
-                }
-            }
-            __syncthreads();
-            float* out = d + row0 * K;
-#pragma unroll 4
-            for (int i = threadIdx.x; i < count; i += blockDim.x) {
-                const int r = i / K;
-                out[i] = es[r][i - r * K];
-            }
-            continue;
         }
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 4; ++q) {                          // staged: d replaces a in es
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
             for (int c = 0; c < 8; ++c) {
                 const int k = gpubp_dl_col(cg, c);
-                if (k < K) {
-                    const float dk = acc[q][c] * gpubp_activation_grad<ACT>(a[row * K + k]);
-                    d[row * K + k] = dk;
-                    colsum[c] += dk;
-                }
+                if (k >= K) continue;
+                const float ak = STAGED ? es[4 * rg + q][k] : a[row * K + k];
+                const float dk = acc[q][c] * gpubp_activation_grad<ACT>(ak);
+                if (STAGED) es[4 * rg + q][k] = dk;
+                else d[row * K + k] = dk;
+                colsum[c] += dk;
             }
+        }
+        if (STAGED) {
+            __syncthreads();
+            gpubp_dl_rows_from_shared(d, es, row0, m, K);
         }
     }
     for (int c = 0; c < 8; ++c) sums[rg][gpubp_dl_col(cg, c)] = colsum[c];
