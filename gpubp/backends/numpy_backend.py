@@ -203,7 +203,7 @@ class NumpyBackend:
     def _row_numbers(self, m):
         """0, 1, ..., m - 1 as int64 (a constant work array)."""
         return self._work.empty((m,), np.int64, "row_numbers",
-                                init=lambda a: a.__setitem__(Ellipsis, self.xp.arange(m)))
+                                init=lambda a: self.xp.copyto(a, self.xp.arange(m)))
 
     def pointwise_loss(self, z, y, kind, delta, loss, scale):
         """Elementwise output + loss from the logits (kernels/pointwise_loss.cu).
