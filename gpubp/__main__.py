@@ -45,6 +45,9 @@ def main(argv=None):
                        help="precision of the matrix products (gpubp, the floor and PyTorch)")
     bench.add_argument("--kernels", action="store_true",
                        help="time each fused CUDA kernel against the plain CuPy it replaces (GPU only)")
+    bench.add_argument("--profile", action="store_true",
+                       help="where each config's eager training step spends its time, operation "
+                            "by operation (--backend numpy or cupy)")
     bench.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of step times (needs matplotlib)")
 
@@ -89,6 +92,33 @@ def _bench_kernels(parser, args):
     print(kernel_table(rows, meta))
     if args.json:
         write_json({"meta": meta, "kernels": rows}, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_profile(parser, args, configs):
+    from .backends import BackendUnavailableError, get_backend
+    from .bench.profile import profile_step, profile_table
+    from .bench.report import write_json
+    from .bench.run import environment
+
+    if args.backend == "all":
+        parser.error("--profile takes one backend: --backend numpy or --backend cupy")
+    try:
+        backend = get_backend(args.backend)
+    except BackendUnavailableError as exc:
+        parser.exit(2, f"gpubp bench --profile: {exc}\n")
+    if not args.config and backend.name == "numpy":      # large on the CPU only when named
+        configs = [c for c in configs if c.cpu_by_default]
+    repeat = args.repeat or (5 if args.quick else 30)
+    profiles = []
+    for config in configs:
+        print(f"profiling {config.name} ...", file=sys.stderr, flush=True)
+        profiles.append(profile_step(config, backend, args.precision, repeat=repeat))
+    meta = environment()
+    print(profile_table(profiles, meta))
+    if args.json:
+        write_json({"meta": meta, "profiles": profiles}, args.json)
         print(f"wrote {args.json}")
     return 0
 
@@ -152,6 +182,8 @@ def _bench(parser, args):
         configs.append(_custom_network(parser, args, custom_config))
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.profile:
+        return _bench_profile(parser, args, configs)
     backends = ["numpy", "cupy"] if args.backend == "all" else [args.backend]
     settings = Settings(quick=args.quick, repeat=args.repeat, use_torch=not args.no_torch,
                         precision=args.precision)

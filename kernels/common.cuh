@@ -53,6 +53,27 @@ __device__ __forceinline__ T gpubp_activation_grad(T a) {
     return T(1);
 }
 
+// 16 bytes of T, moved as one access (ld/st.global.v4.f32 or .v2.f64): the
+// "packed" kernels move a pack per thread and iteration, four times the bytes
+// in flight of one float, which the per-element kernels need to come near the
+// card's copy bandwidth. The address must be 16-byte aligned: the CuPy backend
+// takes a packed kernel only where every operand is (gpubp_pack_ok there).
+template <typename T>
+struct alignas(16) gpubp_pack {
+    static constexpr int n = 16 / sizeof(T);
+    T v[n];
+};
+
+template <typename T>
+__device__ __forceinline__ gpubp_pack<T> gpubp_load_pack(const T* p) {
+    return *reinterpret_cast<const gpubp_pack<T>*>(p);
+}
+
+template <typename T>
+__device__ __forceinline__ void gpubp_store_pack(T* p, const gpubp_pack<T>& x) {
+    *reinterpret_cast<gpubp_pack<T>*>(p) = x;
+}
+
 __device__ __forceinline__ double gpubp_warp_sum(double v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         v += __shfl_down_sync(0xffffffffu, v, offset);

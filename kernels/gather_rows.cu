@@ -7,7 +7,11 @@
 // order is the epoch's permutation (int64), offset an int64 counter set to 0
 // at the start of the epoch; src is float, double (inputs, one-hot targets) or
 // int (class labels, cols = 1).
+// T = gpubp_row_pack moves rows 16 bytes at a time, whatever their element
+// type: the CuPy backend takes it for rows whose bytes are a multiple of 16,
+// with src and out 16-byte aligned (cols then counts packs).
 // NumPy reference: NumpyBackend.gather_rows and NumpyBackend.advance_offset.
+#include "common.cuh"
 // A 2-D grid: threadIdx.x/blockIdx.x stride over the columns, threadIdx.y/
 // blockIdx.y over the rows, so no thread divides by cols.
 template <typename T>
@@ -28,6 +32,10 @@ extern "C" __global__ void advance_offset(long long* offset, long long m) {
     if (blockIdx.x == 0 && threadIdx.x == 0) *offset += m;
 }
 
+typedef gpubp_pack<float> gpubp_row_pack;   // 16 bytes of any row
+
 template __global__ void gather_rows<float>(const float*, const long long*, const long long*, float*, int, int);
 template __global__ void gather_rows<double>(const double*, const long long*, const long long*, double*, int, int);
 template __global__ void gather_rows<int>(const int*, const long long*, const long long*, int*, int, int);
+template __global__ void gather_rows<gpubp_row_pack>(const gpubp_row_pack*, const long long*, const long long*,
+                                                        gpubp_row_pack*, int, int);

@@ -9,8 +9,31 @@
 // The bce form equals -[y log s + (1 - y) log(1 - s)] and never takes log(0).
 // The loss is summed unscaled, in double, into *loss with one atomic per block;
 // scale is 1/m for a batch mean.
+// pointwise_loss_packed computes the same deltas, bit for bit, a 16-byte pack
+// at a time (see gpubp_pack; the last n mod P elements one by one), where z, y
+// and delta are 16-byte aligned; its loss adds the same terms in another order.
 // NumPy reference: NumpyBackend.pointwise_loss.
 #include "common.cuh"
+
+// One element: returns its delta and adds its loss to acc.
+template <typename T, int LOSS>
+__device__ __forceinline__ T pointwise_element(T zi, T yi, T scale, double& acc) {
+    if (LOSS == 0) {
+        const T d = zi - yi;
+        acc += 0.5 * (double)(d * d);
+        return scale * d;
+    } else if (LOSS == 1) {
+        const T s = gpubp_sigmoid(zi);
+        const T d = s - yi;
+        acc += 0.5 * (double)(d * d);
+        return scale * d * s * (T(1) - s);
+    } else {
+        const T s = gpubp_sigmoid(zi);
+        const T absz = zi >= T(0) ? zi : -zi;
+        acc += (double)((zi > T(0) ? zi : T(0)) - zi * yi + gpubp_log1p(gpubp_exp(-absz)));
+        return scale * (s - yi);
+    }
+}
 
 template <typename T, int LOSS>
 __global__ void pointwise_loss(const T* __restrict__ z, const T* __restrict__ y,
@@ -19,23 +42,29 @@ __global__ void pointwise_loss(const T* __restrict__ z, const T* __restrict__ y,
     double acc = 0.0;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const T zi = z[i];
-        const T yi = y[i];
-        if (LOSS == 0) {
-            const T d = zi - yi;
-            acc += 0.5 * (double)(d * d);
-            delta[i] = scale * d;
-        } else if (LOSS == 1) {
-            const T s = gpubp_sigmoid(zi);
-            const T d = s - yi;
-            acc += 0.5 * (double)(d * d);
-            delta[i] = scale * d * s * (T(1) - s);
-        } else {
-            const T s = gpubp_sigmoid(zi);
-            const T absz = zi >= T(0) ? zi : -zi;
-            acc += (double)((zi > T(0) ? zi : T(0)) - zi * yi + gpubp_log1p(gpubp_exp(-absz)));
-            delta[i] = scale * (s - yi);
-        }
+        delta[i] = pointwise_element<T, LOSS>(z[i], y[i], scale, acc);
+    }
+    gpubp_block_sum_into(acc, loss);
+}
+
+template <typename T, int LOSS>
+__global__ void pointwise_loss_packed(const T* __restrict__ z, const T* __restrict__ y,
+                                      T* __restrict__ delta, double* __restrict__ loss,
+                                      long long n, T scale) {
+    constexpr int P = gpubp_pack<T>::n;
+    double acc = 0.0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long n_packs = n / P;
+    for (long long i = first; i < n_packs; i += stride) {
+        const gpubp_pack<T> zi = gpubp_load_pack(z + i * P), yi = gpubp_load_pack(y + i * P);
+        gpubp_pack<T> d;
+#pragma unroll
+        for (int k = 0; k < P; ++k) d.v[k] = pointwise_element<T, LOSS>(zi.v[k], yi.v[k], scale, acc);
+        gpubp_store_pack(delta + i * P, d);
+    }
+    for (long long i = n_packs * P + first; i < n; i += stride) {
+        delta[i] = pointwise_element<T, LOSS>(z[i], y[i], scale, acc);
     }
     gpubp_block_sum_into(acc, loss);
 }
@@ -46,3 +75,9 @@ template __global__ void pointwise_loss<float, 2>(const float*, const float*, fl
 template __global__ void pointwise_loss<double, 0>(const double*, const double*, double*, double*, long long, double);
 template __global__ void pointwise_loss<double, 1>(const double*, const double*, double*, double*, long long, double);
 template __global__ void pointwise_loss<double, 2>(const double*, const double*, double*, double*, long long, double);
+template __global__ void pointwise_loss_packed<float, 0>(const float*, const float*, float*, double*, long long, float);
+template __global__ void pointwise_loss_packed<float, 1>(const float*, const float*, float*, double*, long long, float);
+template __global__ void pointwise_loss_packed<float, 2>(const float*, const float*, float*, double*, long long, float);
+template __global__ void pointwise_loss_packed<double, 0>(const double*, const double*, double*, double*, long long, double);
+template __global__ void pointwise_loss_packed<double, 1>(const double*, const double*, double*, double*, long long, double);
+template __global__ void pointwise_loss_packed<double, 2>(const double*, const double*, double*, double*, long long, double);

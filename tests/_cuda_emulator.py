@@ -314,10 +314,16 @@ def _mprotect(address, size, protection):
 
 
 class _Guarded:
-    """A copy of a C-contiguous array flush against a guard page: at its end
-    (``at_start`` False) or at its start. Another guard page lies at the far end."""
+    """A copy of a C-contiguous array against a guard page: at its end
+    (``at_start`` False) or at its start. Another guard page lies at the far end.
 
-    def __init__(self, array, at_start):
+    For a packed kernel (``keep_alignment``: 16-byte accesses) the copy starts
+    at the same address modulo 16 as the array, so that the backend's choice
+    of that kernel holds for the copy too. At the end that can leave a gap of
+    up to 15 bytes before the guard page: it is filled with a pattern, and a
+    write into it is reported (a read there is not)."""
+
+    def __init__(self, array, at_start, keep_alignment=False):
         self.array, self.at_start = array, at_start
         pages = max(1, -(-array.nbytes // _PAGE))
         self._map = mmap.mmap(-1, (pages + 2) * _PAGE)
@@ -325,10 +331,19 @@ class _Guarded:
         for page in (0, pages + 1):
             _mprotect(self.base + page * _PAGE, _PAGE, 0)  # PROT_NONE
         self.start = self.base + _PAGE + (0 if at_start else pages * _PAGE - array.nbytes)
+        if keep_alignment and not at_start:
+            self.start -= (self.start - array.ctypes.data) % 16
         self.end = self.start + array.nbytes
+        gap = 0 if at_start else self.base + (pages + 1) * _PAGE - self.end
+        self._gap = np.frombuffer(self._map, dtype=np.uint8, count=gap, offset=self.end - self.base)
+        self._gap[...] = 0xA5
         self.copy = np.frombuffer(self._map, dtype=array.dtype, count=array.size,
                                   offset=self.start - self.base).reshape(array.shape)
         self.copy[...] = array
+
+    def gap_written(self):
+        """Whether something wrote into the gap between the copy and the guard page."""
+        return bool((self._gap != 0xA5).any())
 
     def describe(self, address, index, was_write):
         """The fault at ``address`` as an access of argument ``index``, or None."""
@@ -362,6 +377,7 @@ class EmulatedKernel:
     def __init__(self, lib, symbol, expression, reverse_order=False, guard=None):
         self._fn, self.expression, self._reverse = getattr(lib, symbol), expression, reverse_order
         self._guard, self._lib = guard, lib
+        self._packs = "_packed<" in expression or "row_pack" in expression   # 16-byte accesses
         self._fn.restype = ctypes.c_int
         sizes, kinds = (ctypes.c_int * 64)(), (ctypes.c_int * 64)()
         n = getattr(lib, f"{symbol}_signature")(sizes, kinds)
@@ -415,7 +431,7 @@ class EmulatedKernel:
         copies = {}                                # one copy per distinct array
         for a in args:
             if isinstance(a, np.ndarray) and (a.ctypes.data, a.nbytes) not in copies:
-                copies[(a.ctypes.data, a.nbytes)] = _Guarded(a, self._guard == "start")
+                copies[(a.ctypes.data, a.nbytes)] = _Guarded(a, self._guard == "start", self._packs)
         values = [_c_value(copies[(a.ctypes.data, a.nbytes)].copy if isinstance(a, np.ndarray) else a)
                   for a in args]
         if self._invoke(grid, block, values, fault_ok=True) == 3:
@@ -428,6 +444,11 @@ class EmulatedKernel:
                      if d is not None]
             raise EmulationError(f"{self.expression}: out-of-bounds memory access: "
                                  + (where[0] if where else f"address {address:#x}, in no argument"))
+        for i, a in enumerate(args):
+            if isinstance(a, np.ndarray) and copies[(a.ctypes.data, a.nbytes)].gap_written():
+                raise EmulationError(f"{self.expression}: out-of-bounds memory access: a write past "
+                                     f"the end of argument {i}, {a.dtype}{list(a.shape)} of "
+                                     f"{a.nbytes} bytes")
         for guarded in copies.values():
             guarded.array[...] = guarded.copy
 

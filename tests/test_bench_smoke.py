@@ -261,7 +261,7 @@ def test_kernel_table_runs_every_case():
     from _cuda_emulator import emulated_backend
 
     from gpubp import get_backend
-    from gpubp.bench.kernels import DENSE_VARIANTS, kernel_table, run_kernels
+    from gpubp.bench.kernels import DENSE_VARIANTS, PACKED_VARIANTS, kernel_table, run_kernels
     from gpubp.bench.run import environment
     from gpubp.bench.timing import HostClock
 
@@ -271,15 +271,20 @@ def test_kernel_table_runs_every_case():
     assert len(rows) >= 10 and all("fused" in r and "unfused" in r and r["speedup"] > 0 for r in rows)
     printed = kernel_table(rows, environment())
     assert all(r["kernel"] in printed for r in rows)
-    # The narrow-layer kernels, also as the backend's own variants, which leave it as it was.
+    # The narrow-layer kernels and the packed ones, also as the backend's own
+    # variants, which leave it as it was.
     dense = [r for r in rows if r["kernel"].startswith("dense_")]
-    assert len(dense) == 4 and all("variants" not in r for r in rows if r not in dense)
-    for r in dense:
-        assert list(r["variants"]) == [label for label, _ in DENSE_VARIANTS]
-        assert all(v["median_us"] > 0 for v in r["variants"].values())
-    assert printed.count("composed ") == 4
+    packed = [r for r in rows if r["kernel"].split()[0] in
+              ("bias_activation", "activation_backward", "pointwise_loss", "adam", "gather_rows")]
+    assert len(dense) == 4 and len(packed) == 7
+    assert all("variants" not in r for r in rows if r not in dense + packed)
+    for group, variants in ((dense, DENSE_VARIANTS), (packed, PACKED_VARIANTS)):
+        for r in group:
+            assert list(r["variants"]) == [label for label, _ in variants]
+            assert all(v["median_us"] > 0 for v in r["variants"].values())
+    assert printed.count("composed ") == 4 and printed.count("one element at a time ") == 7
     assert (emulated._dl_blocks_per_sm, emulated._dl_staged) == (4, False)
-    assert "_DL_MAX" not in emulated.__dict__
+    assert not {"_DL_MAX", "_packed"} & set(emulated.__dict__)
 
 
 def test_a_kernel_that_fails_to_run_is_reported_and_the_table_goes_on():
@@ -368,3 +373,26 @@ def test_the_graph_workload_is_skipped_where_gpubp_cublas_fails_its_check():
     lib.fake_cublas_fail_next(13)
     with pytest.raises(RuntimeError, match="no CUDA graphs: gpubp.cublas failed its check"):
         GpubpWorkload(Config("t", (6, 70, 3), 8), emulated_backend(), 2, graphs=True)
+
+
+def test_profile_accounts_for_the_step_operation_by_operation(tmp_path, capsys):
+    """gpubp bench --profile: every operation of the trainer's step once per
+    call it makes (tiny has 3 layers: 8 products), exclusive times that add up
+    to no more than the step, and the backend left without its wrappers."""
+    from gpubp import get_backend
+
+    out_json = tmp_path / "profile.json"
+    assert main(["bench", "--profile", "--config", "tiny", "--backend", "numpy", "--repeat", "3",
+                 "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    (profile,) = json.loads(out_json.read_text())["profiles"]
+    calls = {r["op"]: r["calls"] for r in profile["ops"]}
+    assert calls == {"gather_rows": 2, "matmul": 8, "dense_forward": 3, "dense_backward": 2,
+                     "bias_activation": 3, "activation_backward": 2, "bias_grad": 3,
+                     "softmax_cross_entropy": 1, "adam": 1, "advance_offset": 1}
+    assert all(r["median_us"] >= 0 for r in profile["ops"])
+    assert sum(r["median_us"] for r in profile["ops"]) <= profile["step_us"] * 1.05
+    assert "tiny: 16-12-12-4, batch 8, numpy" in printed and "between operations" in printed
+    assert not set(get_backend("numpy").__dict__) & {"matmul", "adam", "gather_rows"}
+    with pytest.raises(SystemExit):
+        main(["bench", "--profile", "--config", "tiny", "--backend", "all"])

@@ -311,6 +311,81 @@ def test_dense_layer_variants_are_the_same_bits(both, rng, monkeypatch, blocks_p
     assert sum_error(db1, d0) < TOL["float32"]
 
 
+def _placed(cpb, host, misaligned):
+    """host's values on the device at a 16-byte aligned address, or one element
+    past one (a view into a larger buffer, C-contiguous either way)."""
+    flat = np.ascontiguousarray(host).ravel()
+    buf = cpb.xp.empty(flat.size + 32, dtype=flat.dtype)
+    start = next(k for k in range(16) if cpb.address(buf[k:]) % 16 == 0)
+    start += 1 if misaligned else 0
+    view = buf[start:start + flat.size].reshape(host.shape)
+    view[...] = cpb.asarray(host)
+    assert (cpb.address(view) % 16 == 0) != misaligned
+    return view
+
+
+def _packed_case(op, cpb, rng, dtype, misaligned):
+    """Runs one backend operation that has a packed kernel on fresh operands
+    (the same ones for the same seed), placed aligned or not; returns its results."""
+    def put(a):
+        return _placed(cpb, np.asarray(a).astype(dtype), misaligned)
+
+    if op == "bias_activation":                          # 12 columns: 3 packs of float, 6 of double
+        z, b = put(rng.normal(scale=3.0, size=(301, 12))), put(rng.normal(size=12))
+        cpb.bias_activation(z, b, "sigmoid")
+        return [z]
+    if op == "activation_backward":                      # 1003 elements: a tail after the packs
+        e, a = put(rng.normal(size=(59, 17))), put(rng.uniform(0, 1, size=(59, 17)))
+        cpb.activation_backward(e, a, "sigmoid", out=e)
+        return [e]
+    if op == "pointwise_loss":
+        z, y, d = put(rng.normal(size=(77, 13))), put(rng.uniform(size=(77, 13))), put(np.zeros((77, 13)))
+        loss = cpb.xp.zeros((), dtype=np.float64)
+        cpb.pointwise_loss(z, y, "bce_sigmoid", d, loss, 0.01)
+        return [d, loss]
+    if op == "adam":
+        p, g, m = (put(rng.normal(size=4097)) for _ in range(3))
+        v = put(rng.uniform(0, 2, size=4097))
+        step, coef = cpb.asarray(np.array([4], dtype=np.int32)), cpb.xp.zeros(2, dtype=np.float64)
+        cpb.adam(p, g, m, v, step, coef, lr=0.01, decay=0.999, beta1=0.9, beta2=0.999, eps=1e-8)
+        return [p, m, v]
+    assert op == "gather_rows"                           # rows of 8 elements: 32 or 64 bytes
+    src, out = put(rng.normal(size=(500, 8))), put(np.zeros((64, 8)))
+    order = cpb.asarray(rng.permutation(500).astype(np.int64))
+    cpb.gather_rows(src, order, cpb.asarray(np.array([100], dtype=np.int64)), out)
+    return [out]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["bias_activation", "activation_backward", "pointwise_loss", "adam",
+                                "gather_rows"])
+def test_packed_kernels_are_the_same_bits_as_one_element_at_a_time(both, rng, monkeypatch, dtype, op):
+    """Where every operand is 16-byte aligned, these operations take their
+    packed kernels (16 bytes per access: gpubp_pack in kernels/common.cuh);
+    where one is not, the kernels that move one element at a time. Each gives
+    the same bits, whatever the tail past the last whole pack (the loss, summed
+    in another order: within rounding). test_bias_activation and the others
+    check the packed kernels against NumPy, where operands are aligned."""
+    cpb, _ = both
+    chosen = []
+    packed = cpb._packed
+    monkeypatch.setattr(cpb, "_packed", lambda *arrays: chosen.append(packed(*arrays)) or chosen[-1])
+    seed = int(rng.integers(2**32))
+    results = []
+    for misaligned in (False, True):
+        chosen.clear()
+        got = _packed_case(op, cpb, np.random.default_rng(seed), dtype, misaligned)
+        assert chosen == [not misaligned], chosen
+        results.append([cpb.to_numpy(x) for x in got])
+    (*fast, fast_loss), (*slow, slow_loss) = [r if op == "pointwise_loss" else r + [None]
+                                              for r in results]
+    for f, s in zip(fast, slow):
+        assert not np.isnan(f).any()
+        np.testing.assert_array_equal(f, s)
+    if op == "pointwise_loss":
+        assert abs(float(fast_loss) - float(slow_loss)) <= 1e-12 * abs(float(slow_loss))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_sgd_kernel(both, rng, dtype, momentum, nesterov):

@@ -155,9 +155,22 @@ class CupyBackend:
     def _t(dtype):
         return _C_TYPE[np.dtype(dtype)]
 
+    def _packed(self, *arrays):
+        """Whether a kernel may move these arrays in 16-byte packs (gpubp_pack in
+        kernels/common.cuh): each C-contiguous and 16-byte aligned. CuPy's own
+        allocations are; a view that starts mid-pack is not."""
+        return all(a.flags.c_contiguous and self.address(a) % 16 == 0 for a in arrays)
+
     # -- forward ------------------------------------------------------------
     def bias_activation(self, z, b, activation):
         code = kernels.ACTIVATION_CODES[activation]
+        pack = 16 // z.dtype.itemsize
+        if z.shape[1] % pack == 0 and self._packed(z, b):
+            fn = self._kernels.function("bias_activation",
+                                        f"bias_activation_packed<{self._t(z.dtype)}, {code}>")
+            n = z.size // pack
+            fn((self._blocks(n),), (_THREADS,), (z, b, np.int64(n), np.int32(z.shape[1] // pack)))
+            return z
         fn = self._kernels.function("bias_activation", f"bias_activation<{self._t(z.dtype)}, {code}>")
         fn((self._blocks(z.size),), (_THREADS,), (z, b, np.int64(z.size), np.int32(z.shape[1])))
         return z
@@ -225,11 +238,13 @@ class CupyBackend:
     _POINTWISE = {"mse_identity": 0, "mse_sigmoid": 1, "bce_sigmoid": 2}
 
     def pointwise_loss(self, z, y, kind, delta, loss, scale):
+        packed = self._packed(z, y, delta)
         fn = self._kernels.function(
-            "pointwise_loss", f"pointwise_loss<{self._t(z.dtype)}, {self._POINTWISE[kind]}>"
+            "pointwise_loss",
+            f"pointwise_loss{'_packed' if packed else ''}<{self._t(z.dtype)}, {self._POINTWISE[kind]}>"
         )
         fn(
-            (self._blocks(z.size),),
+            (self._blocks(z.size // (16 // z.dtype.itemsize) if packed else z.size),),
             (_THREADS,),
             (z, y, delta, loss, np.int64(z.size), z.dtype.type(scale)),
         )
@@ -237,7 +252,14 @@ class CupyBackend:
 
     # -- backward -------------------------------------------------------------
     def activation_backward(self, err, a, activation, out):
-        return self._kernels.activation_backward(activation)(err, a, out)
+        if not (err.dtype == a.dtype == out.dtype and self._packed(err, a, out)):
+            return self._kernels.activation_backward(activation)(err, a, out)
+        code = kernels.ACTIVATION_CODES[activation]
+        self._kernels.function("activation_backward",
+                               f"activation_backward_packed<{self._t(out.dtype)}, {code}>")(
+            (self._blocks(out.size // (16 // out.dtype.itemsize)),), (_THREADS,),
+            (err, a, out, np.int64(out.size)))
+        return out
 
     def bias_grad(self, delta, out):
         rows, cols = delta.shape
@@ -280,8 +302,9 @@ class CupyBackend:
         t = p.dtype.type
         self._kernels.function("adam", "adam_schedule")(
             (1,), (32,), (step, coef, np.float64(lr), np.float64(beta1), np.float64(beta2)))
-        self._kernels.function("adam", f"adam<{self._t(p.dtype)}>")(
-            (self._blocks(p.size),),
+        packed = self._packed(p, g, m, v)
+        self._kernels.function("adam", f"adam{'_packed' if packed else ''}<{self._t(p.dtype)}>")(
+            (self._blocks(p.size // (16 // p.dtype.itemsize) if packed else p.size),),
             (_THREADS,),
             (p, g, m, v, coef, np.int64(p.size), t(decay), t(beta1), t(beta2), t(eps)),
         )
@@ -293,7 +316,10 @@ class CupyBackend:
     def gather_rows(self, src, order, offset, out):
         m = out.shape[0]
         cols = out.size // m if m else 1
-        fn = self._kernels.function("gather_rows", f"gather_rows<{self._GATHER_TYPES[src.dtype]}>")
+        kind = self._GATHER_TYPES[src.dtype]
+        if (cols * src.dtype.itemsize) % 16 == 0 and self._packed(src, out):
+            kind, cols = "gpubp_row_pack", cols * src.dtype.itemsize // 16    # rows in 16-byte packs
+        fn = self._kernels.function("gather_rows", f"gather_rows<{kind}>")
         bx = 32 if cols >= 32 else 1 << (cols - 1).bit_length()   # threads across a row
         by = _THREADS // bx
         gx = (cols + bx - 1) // bx

@@ -8,8 +8,10 @@ fused kernel's effective bandwidth: the bytes it must move at the least (each
 operand read once, each result written once) over its time. That is the figure
 to hold against the card's peak (about 3.35 TB/s on an H100 SXM).
 
-The narrow-layer kernels (``kernels/dense_layer.cu``) are also timed as
-variants of the CuPy backend itself: its composed path (cuBLAS, then the
+The kernels that move 16-byte packs (``gpubp_pack`` in ``kernels/common.cuh``)
+are also timed one element at a time, the CuPy backend's path for operands
+that are not 16-byte aligned. The narrow-layer kernels
+(``kernels/dense_layer.cu``) are also timed as variants of the CuPy backend itself: its composed path (cuBLAS, then the
 separate per-element kernels), which it takes for wider layers, and the fused
 kernel staged through shared memory (its STAGED flag) and on grids of 2, 6
 and 8 blocks per SM (4 is the default). These decide which layers take the
@@ -118,8 +120,10 @@ def _cases(m_narrow=262144, wide=4096):
         (f"softmax_cross_entropy {rows_ce}x10", "medium", F32 * 2 * rows_ce * 10 + 4 * rows_ce,
          softmax_ce(rows_ce, 10)),
         ("pointwise_loss mse 262144x16", "narrow", F32 * 3 * n * 16, mse(n, 16)),
+        ("pointwise_loss mse 4096x4096", "large", F32 * 3 * big, mse(wide, wide)),
         ("adam 50M parameters", "large", F32 * 7 * n_adam, adam(n_adam)),
         ("gather_rows 262144x64", "narrow", F32 * 2 * n * 64 + 8 * n, gather(n, 64)),
+        ("gather_rows 4096x4096", "large", F32 * 2 * big + 8 * wide, gather(wide, wide)),
     ]
 
 
@@ -130,6 +134,20 @@ DENSE_VARIANTS = [("composed", {"_DL_MAX": 0}),
                   ("6 blocks/SM", {"_dl_blocks_per_sm": 6}),
                   ("8 blocks/SM", {"_dl_blocks_per_sm": 8}),
                   ("staged, 6 blocks/SM", {"_dl_staged": True, "_dl_blocks_per_sm": 6})]
+
+
+# The kernels that move 16-byte packs (gpubp_pack), also timed one element at a time.
+PACKED_VARIANTS = [("one element at a time", {"_packed": lambda *arrays: False})]
+_PACKED_OPS = ("bias_activation", "activation_backward", "pointwise_loss", "adam", "gather_rows")
+
+
+def _variants_of(name, backend):
+    """The backend variants a case is also timed as (none for plain CuPy)."""
+    if not hasattr(backend, "_dl_blocks_per_sm"):
+        return []
+    if name.startswith("dense_"):
+        return DENSE_VARIANTS
+    return PACKED_VARIANTS if name.startswith(_PACKED_OPS) else []
 
 
 @contextlib.contextmanager
@@ -165,8 +183,9 @@ def run_kernels(fused, unfused, clock, quick=False, log=print, scale=1):
             try:  # an operation one side cannot set up or run is reported; the table goes on
                 call = setup(backend, rng)
                 row[label] = measure(call, clock, repeat=repeat, warmup=2, budget_s=5.0).to_dict()
-                if label == "fused" and name.startswith("dense_") and hasattr(backend, "_dl_blocks_per_sm"):
-                    row["variants"] = _variants(backend, call, clock, repeat, log)
+                variants = _variants_of(name, backend) if label == "fused" else []
+                if variants:
+                    row["variants"] = _variants(backend, variants, call, clock, repeat, log)
                 del call
             except Exception as exc:
                 row[f"{label}_error"] = f"{type(exc).__name__}: {exc}"
@@ -179,10 +198,10 @@ def run_kernels(fused, unfused, clock, quick=False, log=print, scale=1):
     return rows
 
 
-def _variants(backend, call, clock, repeat, log):
-    """The same call under each of DENSE_VARIANTS: {label: timing, or {"error": ...}}."""
+def _variants(backend, variants, call, clock, repeat, log):
+    """The same call under each of ``variants``: {label: timing, or {"error": ...}}."""
     out = {}
-    for label, settings in DENSE_VARIANTS:
+    for label, settings in variants:
         try:
             with _backend_settings(backend, settings):
                 out[label] = measure(call, clock, repeat=repeat, warmup=2, budget_s=5.0).to_dict()
@@ -203,7 +222,7 @@ def kernel_table(rows, meta):
         bw = f"{r['fused_gb_s']:.0f}" if "fused_gb_s" in r else "-"
         lines.append(f"  {r['kernel']:<32}{r['config']:>8}{fused:>11}{unfused:>12}{speed:>9}{bw:>12}")
         if r.get("variants"):
-            lines.append("    the backend's own variants (fused above: 4 blocks/SM): " + ", ".join(
+            lines.append("    the backend's own variants (fused above: its default): " + ", ".join(
                 f"{label} {v['median_us']:.1f} µs" if "median_us" in v else f"{label} failed"
                 for label, v in r["variants"].items()))
         for label in ("fused", "unfused"):
