@@ -194,22 +194,26 @@ class MLP:
             a = z
         return a
 
-    def _output_delta(self, logits, dense, labels, kind, delta, loss_acc, scale):
+    def _output_delta(self, logits, dense, labels, kind, delta, loss_acc, scale, rows=None):
         if kind == "softmax_ce":
+            assert rows is None, "softmax targets are gathered first"
             self.backend.softmax_cross_entropy(logits, dense, labels, delta, loss_acc, scale)
         else:
-            self.backend.pointwise_loss(logits, dense, kind, delta, loss_acc, scale)
+            self.backend.pointwise_loss(logits, dense, kind, delta, loss_acc, scale, rows=rows)
 
-    def _backprop(self, X, dense, labels, kind, l2, bufs, loss_acc):
+    def _backprop(self, X, dense, labels, kind, l2, bufs, loss_acc, rows=None):
         """One batch: forward, loss and output delta, backward into ``grads``.
 
         Adds m times the batch objective (summed per-example losses plus
         (l2/2) sum ||W||^2) to ``loss_acc`` on the device; reads nothing back.
+        With ``rows = (order, offset)`` (elementwise losses only), ``dense`` is
+        the whole data set's targets, the batch's its rows ``order[offset :
+        offset + m]``, read in place by the loss.
         """
         m = X.shape[0]
         logits = self._forward(X, bufs)
         delta = bufs.deltas[self.n_layers]
-        self._output_delta(logits, dense, labels, kind, delta, loss_acc, 1.0 / m)
+        self._output_delta(logits, dense, labels, kind, delta, loss_acc, 1.0 / m, rows)
         self.backend.bias_grad(delta, out=self.grad_biases[-1])
         for layer in reversed(range(self.n_layers)):
             a_prev = X if layer == 0 else bufs.acts[layer]

@@ -203,14 +203,18 @@ class Trainer:
         so it can run eagerly or be captured into a CUDA graph."""
         model, backend = self.model, self.model.backend
         xb = self._persistent("xb", (m,) + X.shape[1:], X.dtype)
-        tb = self._persistent("tb", (m,) + targets.shape[1:], targets.dtype)
         bufs = model._buffers_for(m)
-        dense, labels = (tb, None) if is_dense else (None, tb)
+        # An elementwise loss reads its targets' rows in place (no gathered copy).
+        in_place = is_dense and self._kind != "softmax_ce"
+        tb = None if in_place else self._persistent("tb", (m,) + targets.shape[1:], targets.dtype)
+        dense, labels = (targets if in_place else tb, None) if is_dense else (None, tb)
+        rows = (order, offset) if in_place else None
 
         def step():
             backend.gather_rows(X, order, offset, xb)
-            backend.gather_rows(targets, order, offset, tb)
-            model._backprop(xb, dense, labels, self._kind, self.l2, bufs, loss_sum)
+            if not in_place:
+                backend.gather_rows(targets, order, offset, tb)
+            model._backprop(xb, dense, labels, self._kind, self.l2, bufs, loss_sum, rows)
             self.optimizer.step(model)
             backend.advance_offset(offset, m)
 

@@ -16,14 +16,10 @@
 // for bit. g and g' as in common.cuh (ACT: 0 identity, 1 sigmoid, 2 tanh,
 // 3 relu, 4 leaky_relu).
 //
-// STAGED (a template flag) changes only the order of memory traffic, not a
-// single bit of the results: the tile's outputs (forward) or its activations
-// and deltas (backward) go through shared memory, so that global memory is
-// read and written in whole contiguous rows (the tile's 64 rows of a C-order
-// matrix are one contiguous block). Unstaged, each thread writes its 4 x 8
-// outputs, and reads its 4 x 8 activations backward, straight from global
-// memory: 16 sectors per warp instruction for 128 useful bytes. Which is faster
-// on a card is measured (`gpubp bench --kernels`, the variant "staged").
+// A variant that sent each tile's outputs (and backward its activations and
+// deltas) through shared memory, so that global memory was written and read
+// in whole rows, changed no bit and was slower in every narrow case on an H100
+// (141 -> 167, 135 -> 136, 161 -> 281, 121 -> 236 µs; 2026-11-26): not kept.
 //
 // K, N <= 64. W sits in shared memory for the whole kernel. A block of 128
 // threads takes tiles of 64 rows in turn (grid-stride), staged transposed in
@@ -59,38 +55,6 @@ __device__ __forceinline__ void gpubp_dl_stage(float (*tile)[GPUBP_DL_ROWS + 1],
 #endif
 }
 
-// The rows of the tile that starts at row0 (64, or fewer in the last one).
-__device__ __forceinline__ int gpubp_dl_rows_left(long long row0, int m) {
-    const long long left = m - row0;
-    return left < GPUBP_DL_ROWS ? (int)left : GPUBP_DL_ROWS;
-}
-
-// The tile's rows of a C-order (rows, cols) matrix are one contiguous block
-// from row0 on: copied between it and tile[r][j] in whole rows (STAGED).
-__device__ __forceinline__ void gpubp_dl_rows_to_shared(float (*tile)[GPUBP_DL_ROWS + 1],
-                                                        const float* src, long long row0, int m,
-                                                        int cols) {
-    const float* from = src + row0 * cols;
-    const int count = gpubp_dl_rows_left(row0, m) * cols;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < count; i += blockDim.x) {
-        const int r = i / cols;
-        tile[r][i - r * cols] = from[i];
-    }
-}
-
-__device__ __forceinline__ void gpubp_dl_rows_from_shared(float* dst,
-                                                          const float (*tile)[GPUBP_DL_ROWS + 1],
-                                                          long long row0, int m, int cols) {
-    float* to = dst + row0 * cols;
-    const int count = gpubp_dl_rows_left(row0, m) * cols;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < count; i += blockDim.x) {
-        const int r = i / cols;
-        to[i] = tile[r][i - r * cols];
-    }
-}
-
 // The 8 columns of a thread: 4 cg .. 4 cg + 3 and 32 + 4 cg .. 32 + 4 cg + 3, so
 // that a warp's 4-wide shared loads hit distinct banks and its stores cover
 // contiguous 128-byte runs.
@@ -114,7 +78,7 @@ __device__ __forceinline__ void gpubp_dl_product(float (&acc)[4][8],
     }
 }
 
-template <int ACT, bool STAGED>
+template <int ACT>
 __global__ void dense_forward(const float* __restrict__ a, const float* __restrict__ w,
                               const float* __restrict__ b, float* __restrict__ z,
                               int m, int K, int N) {
@@ -135,26 +99,18 @@ __global__ void dense_forward(const float* __restrict__ a, const float* __restri
         __syncthreads();
         float acc[4][8];
         gpubp_dl_product(acc, as, ws, K, rg, cg);
-        if (STAGED) __syncthreads();                           // the tile is read: reuse as
-        for (int q = 0; q < 4; ++q) {                          // staged: as[r][j] = z[row0 + r, j]
+        for (int q = 0; q < 4; ++q) {
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
             for (int c = 0; c < 8; ++c) {
                 const int j = gpubp_dl_col(cg, c);
-                if (j >= N) continue;
-                const float zj = gpubp_activate<ACT>(acc[q][c] + bias[c]);
-                if (STAGED) as[4 * rg + q][j] = zj;
-                else z[row * N + j] = zj;
+                if (j < N) z[row * N + j] = gpubp_activate<ACT>(acc[q][c] + bias[c]);
             }
-        }
-        if (STAGED) {
-            __syncthreads();
-            gpubp_dl_rows_from_shared(z, as, row0, m, N);
         }
     }
 }
 
-template <int ACT, bool STAGED>
+template <int ACT>
 __global__ void dense_backward(const float* __restrict__ e, const float* __restrict__ w,
                                const float* __restrict__ a, float* __restrict__ d,
                                float* __restrict__ partial, int m, int K, int N) {
@@ -175,27 +131,17 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
         __syncthreads();
         float acc[4][8];
         gpubp_dl_product(acc, es, wt, N, rg, cg);
-        if (STAGED) {                                          // es[r][k] = a[row0 + r, k]
-            __syncthreads();                                   // the tile is read: reuse es
-            gpubp_dl_rows_to_shared(es, a, row0, m, K);
-            __syncthreads();
-        }
-        for (int q = 0; q < 4; ++q) {                          // staged: d replaces a in es
+        for (int q = 0; q < 4; ++q) {
             const long long row = row0 + 4 * rg + q;
             if (row >= m) break;
             for (int c = 0; c < 8; ++c) {
                 const int k = gpubp_dl_col(cg, c);
-                if (k >= K) continue;
-                const float ak = STAGED ? es[4 * rg + q][k] : a[row * K + k];
-                const float dk = acc[q][c] * gpubp_activation_grad<ACT>(ak);
-                if (STAGED) es[4 * rg + q][k] = dk;
-                else d[row * K + k] = dk;
-                colsum[c] += dk;
+                if (k < K) {
+                    const float dk = acc[q][c] * gpubp_activation_grad<ACT>(a[row * K + k]);
+                    d[row * K + k] = dk;
+                    colsum[c] += dk;
+                }
             }
-        }
-        if (STAGED) {
-            __syncthreads();
-            gpubp_dl_rows_from_shared(d, es, row0, m, K);
         }
     }
     for (int c = 0; c < 8; ++c) sums[rg][gpubp_dl_col(cg, c)] = colsum[c];
@@ -207,23 +153,13 @@ __global__ void dense_backward(const float* __restrict__ e, const float* __restr
     }
 }
 
-template __global__ void dense_forward<0, false>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<1, false>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<2, false>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<3, false>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<4, false>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<0, true>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<1, true>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<2, true>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<3, true>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_forward<4, true>(const float*, const float*, const float*, float*, int, int, int);
-template __global__ void dense_backward<0, false>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<1, false>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<2, false>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<3, false>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<4, false>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<0, true>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<1, true>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<2, true>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<3, true>(const float*, const float*, const float*, float*, float*, int, int, int);
-template __global__ void dense_backward<4, true>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_forward<0>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<1>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<2>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<3>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_forward<4>(const float*, const float*, const float*, float*, int, int, int);
+template __global__ void dense_backward<0>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<1>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<2>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<3>(const float*, const float*, const float*, float*, float*, int, int, int);
+template __global__ void dense_backward<4>(const float*, const float*, const float*, float*, float*, int, int, int);

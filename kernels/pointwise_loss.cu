@@ -9,9 +9,9 @@
 // The bce form equals -[y log s + (1 - y) log(1 - s)] and never takes log(0).
 // The loss is summed unscaled, in double, into *loss with one atomic per block;
 // scale is 1/m for a batch mean.
-// pointwise_loss_packed computes the same deltas, bit for bit, a 16-byte pack
-// at a time (see gpubp_pack; the last n mod P elements one by one), where z, y
-// and delta are 16-byte aligned; its loss adds the same terms in another order.
+// pointwise_loss_gathered is the same with the targets read in place from the
+// whole data set, y = Y[order[*offset + i], :] for row i (the batch gather of
+// gather_rows.cu, fused: the trainer's step then never copies Y's rows).
 // NumPy reference: NumpyBackend.pointwise_loss.
 #include "common.cuh"
 
@@ -48,23 +48,28 @@ __global__ void pointwise_loss(const T* __restrict__ z, const T* __restrict__ y,
 }
 
 template <typename T, int LOSS>
-__global__ void pointwise_loss_packed(const T* __restrict__ z, const T* __restrict__ y,
-                                      T* __restrict__ delta, double* __restrict__ loss,
-                                      long long n, T scale) {
-    constexpr int P = gpubp_pack<T>::n;
+__global__ void pointwise_loss_gathered(const T* __restrict__ z, const T* __restrict__ Y,
+                                        const long long* __restrict__ order,
+                                        const long long* __restrict__ offset,
+                                        T* __restrict__ delta, double* __restrict__ loss,
+                                        long long n, int cols, T scale) {
     double acc = 0.0;
+    const long long base = *offset;
     const long long stride = (long long)gridDim.x * blockDim.x;
-    const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long n_packs = n / P;
-    for (long long i = first; i < n_packs; i += stride) {
-        const gpubp_pack<T> zi = gpubp_load_pack(z + i * P), yi = gpubp_load_pack(y + i * P);
-        gpubp_pack<T> d;
-#pragma unroll
-        for (int k = 0; k < P; ++k) d.v[k] = pointwise_element<T, LOSS>(zi.v[k], yi.v[k], scale, acc);
-        gpubp_store_pack(delta + i * P, d);
-    }
-    for (long long i = n_packs * P + first; i < n; i += stride) {
-        delta[i] = pointwise_element<T, LOSS>(z[i], y[i], scale, acc);
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    // Row r = i / cols and column j = i mod cols, kept up to date without a division.
+    long long r = i / cols;
+    int j = (int)(i % cols);
+    const long long dr = stride / cols;
+    const int dj = (int)(stride % cols);
+    for (; i < n; i += stride) {
+        delta[i] = pointwise_element<T, LOSS>(z[i], Y[order[base + r] * cols + j], scale, acc);
+        r += dr;
+        j += dj;
+        if (j >= cols) {
+            j -= cols;
+            ++r;
+        }
     }
     gpubp_block_sum_into(acc, loss);
 }
@@ -75,9 +80,9 @@ template __global__ void pointwise_loss<float, 2>(const float*, const float*, fl
 template __global__ void pointwise_loss<double, 0>(const double*, const double*, double*, double*, long long, double);
 template __global__ void pointwise_loss<double, 1>(const double*, const double*, double*, double*, long long, double);
 template __global__ void pointwise_loss<double, 2>(const double*, const double*, double*, double*, long long, double);
-template __global__ void pointwise_loss_packed<float, 0>(const float*, const float*, float*, double*, long long, float);
-template __global__ void pointwise_loss_packed<float, 1>(const float*, const float*, float*, double*, long long, float);
-template __global__ void pointwise_loss_packed<float, 2>(const float*, const float*, float*, double*, long long, float);
-template __global__ void pointwise_loss_packed<double, 0>(const double*, const double*, double*, double*, long long, double);
-template __global__ void pointwise_loss_packed<double, 1>(const double*, const double*, double*, double*, long long, double);
-template __global__ void pointwise_loss_packed<double, 2>(const double*, const double*, double*, double*, long long, double);
+template __global__ void pointwise_loss_gathered<float, 0>(const float*, const float*, const long long*, const long long*, float*, double*, long long, int, float);
+template __global__ void pointwise_loss_gathered<float, 1>(const float*, const float*, const long long*, const long long*, float*, double*, long long, int, float);
+template __global__ void pointwise_loss_gathered<float, 2>(const float*, const float*, const long long*, const long long*, float*, double*, long long, int, float);
+template __global__ void pointwise_loss_gathered<double, 0>(const double*, const double*, const long long*, const long long*, double*, double*, long long, int, double);
+template __global__ void pointwise_loss_gathered<double, 1>(const double*, const double*, const long long*, const long long*, double*, double*, long long, int, double);
+template __global__ void pointwise_loss_gathered<double, 2>(const double*, const double*, const long long*, const long long*, double*, double*, long long, int, double);

@@ -515,7 +515,7 @@ class EmulatedCupyBackend(CupyBackend):
         self._cupy = EmulatedCupy()
         self._sms = sms
         self._max_blocks = 8 * sms          # fewer blocks than a GPU: more grid-stride work each
-        self._dl_blocks_per_sm, self._dl_staged = 4, False
+        self._dl_blocks_per_sm = 6
         self._unused_labels = np.zeros(1, dtype=np.int32)
         self._unused_loss = np.zeros(1, dtype=np.float64)
         self._work = WorkArrays(_DeviceMemory)

@@ -261,7 +261,8 @@ def test_kernel_table_runs_every_case():
     from _cuda_emulator import emulated_backend
 
     from gpubp import get_backend
-    from gpubp.bench.kernels import DENSE_VARIANTS, PACKED_VARIANTS, kernel_table, run_kernels
+    from gpubp.bench.kernels import (DENSE_VARIANTS, PACKED_CASES, PACKED_VARIANTS, kernel_table,
+                                     run_kernels)
     from gpubp.bench.run import environment
     from gpubp.bench.timing import HostClock
 
@@ -274,17 +275,16 @@ def test_kernel_table_runs_every_case():
     # The narrow-layer kernels and the packed ones, also as the backend's own
     # variants, which leave it as it was.
     dense = [r for r in rows if r["kernel"].startswith("dense_")]
-    packed = [r for r in rows if r["kernel"].split()[0] in
-              ("bias_activation", "activation_backward", "pointwise_loss", "adam", "gather_rows")]
-    assert len(dense) == 4 and len(packed) == 7
+    packed = [r for r in rows if r["kernel"] in PACKED_CASES]
+    assert len(dense) == 4 and len(packed) == len(PACKED_CASES) == 7
     assert all("variants" not in r for r in rows if r not in dense + packed)
     for group, variants in ((dense, DENSE_VARIANTS), (packed, PACKED_VARIANTS)):
         for r in group:
             assert list(r["variants"]) == [label for label, _ in variants]
             assert all(v["median_us"] > 0 for v in r["variants"].values())
     assert printed.count("composed ") == 4 and printed.count("one element at a time ") == 7
-    assert (emulated._dl_blocks_per_sm, emulated._dl_staged) == (4, False)
-    assert not {"_DL_MAX", "_packed"} & set(emulated.__dict__)
+    assert emulated._dl_blocks_per_sm == 6
+    assert not {"_DL_MAX", "_DL_FORWARD_MIN_N", "_packed"} & set(emulated.__dict__)
 
 
 def test_a_kernel_that_fails_to_run_is_reported_and_the_table_goes_on():

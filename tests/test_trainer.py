@@ -1,5 +1,7 @@
 """The trainer against a plain loop of loss_and_grads and hand-made updates."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -229,8 +231,8 @@ def test_cuda_graphs_option_is_harmless_off_the_gpu(rng):
         gpubp.Trainer(gpubp.MLP([4, 2], backend="numpy"), cuda_graphs="yes")
 
 
-def _train_on_gpu(X, y, cuda_graphs, epochs=6, l2=0.01):
-    model = gpubp.MLP([20, 48, 48, 5], activation="tanh", backend="cupy", seed=3)
+def _train_on_gpu(X, y, cuda_graphs, epochs=6, l2=0.01, output="softmax"):
+    model = gpubp.MLP([20, 48, 48, 5], activation="tanh", output=output, backend="cupy", seed=3)
     trainer = gpubp.Trainer(model, optimizer=gpubp.optim.AdamW(3e-3), batch_size=64, l2=l2,
                             seed=1, cuda_graphs=cuda_graphs)
     history = trainer.fit(X, y, epochs=epochs, validation_data=(X[:50], y[:50]))
@@ -251,13 +253,23 @@ def _needs_direct_gemm():
         pytest.skip(f"gpubp.cublas cannot run here: {backend.gemm_problem}")
 
 
+def _targets(rng, output, n):
+    """Labels for softmax; targets in [0, 1] for sigmoid; regression targets for identity."""
+    if output == "softmax":
+        return rng.integers(0, 5, size=n)
+    return rng.uniform(size=(n, 5)) if output == "sigmoid" else rng.normal(size=(n, 5))
+
+
 @requires_cupy
-def test_graph_replayed_training_equals_eager_training(rng):
+@pytest.mark.parametrize("output", ["softmax", "sigmoid", "identity"])
+def test_graph_replayed_training_equals_eager_training(rng, output):
     """Many steps, a partial last batch (1000 = 15 x 64 + 40), Adam's device step
-    count, the device-side gather offset: replayed graphs end where eager launches do."""
+    count, the device-side gather offset (sigmoid's and identity's losses read
+    their targets' rows in place): replayed graphs end where eager launches do."""
     _needs_direct_gemm()
-    X, y = rng.normal(size=(1000, 20)).astype(np.float32), rng.integers(0, 5, size=1000)
-    graphed, trainer, h_graph = _train_on_gpu(X, y, cuda_graphs=True)
+    X, y = rng.normal(size=(1000, 20)).astype(np.float32), _targets(rng, output, 1000)
+    _train = functools.partial(_train_on_gpu, output=output)
+    graphed, trainer, h_graph = _train(X, y, cuda_graphs=True)
     assert trainer.graphs_off_reason is None
     captured = [g for cache in trainer._graph_cache.values() for g in cache.values()]
     assert len(captured) == 2 and all(g != "warm" for g in captured)   # batch sizes 64 and 40
@@ -267,12 +279,12 @@ def test_graph_replayed_training_equals_eager_training(rng):
     # Eager launches through the same GEMMs (gpubp.cublas): the same bits, since
     # nothing a parameter depends on is summed with atomics.
     with gpubp.get_backend("cupy").capturable():
-        same_gemm, _, h_same = _train_on_gpu(X, y, cuda_graphs=False)
+        same_gemm, _, h_same = _train(X, y, cuda_graphs=False)
     np.testing.assert_array_equal(params, same_gemm.backend.to_numpy(same_gemm.params))
     np.testing.assert_allclose(h_graph["loss"], h_same["loss"], rtol=1e-12)
 
     # Plain eager training (cupy.matmul's GEMMs): the same within float32 rounding.
-    eager, _, h_eager = _train_on_gpu(X, y, cuda_graphs=False)
+    eager, _, h_eager = _train(X, y, cuda_graphs=False)
     assert max_rel_error(params, eager.backend.to_numpy(eager.params)) < 1e-4
     np.testing.assert_allclose(h_graph["loss"], h_eager["loss"], rtol=1e-4)
     np.testing.assert_allclose(h_graph["val_loss"], h_eager["val_loss"], rtol=1e-4)
@@ -339,6 +351,36 @@ def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer, hi
     plain, _, h_plain, _ = train(False)             # cupy.matmul's products: within rounding
     assert max_rel_error(graphed.params, plain.params) < 1e-4
     np.testing.assert_allclose(h_graph["loss"], h_plain["loss"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("output,loss", [("identity", "mse"), ("sigmoid", "binary_cross_entropy")])
+def test_elementwise_losses_read_their_targets_in_place(rng, output, loss):
+    """mse and binary cross-entropy read each batch's targets as rows of the
+    whole set through the epoch's order (pointwise_loss_gathered): the step
+    makes no gathered copy of Y, graph replays end bit for bit where eager
+    launches do, and both where NumPy's training does, within rounding."""
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend(sms=7)
+    X = rng.normal(size=(90, 6)).astype(np.float32)
+    Y = (rng.uniform(size=(90, 3)) if output == "sigmoid" else rng.normal(size=(90, 3))).astype(np.float32)
+
+    def train(on, cuda_graphs):
+        model = gpubp.MLP([6, 70, 3], activation="relu", output=output, backend=on, seed=2)
+        trainer = gpubp.Trainer(model, loss=loss, batch_size=16, seed=3, cuda_graphs=cuda_graphs)
+        return model, trainer, trainer.fit(X, Y, epochs=3)
+
+    with backend.capturable():
+        eager, _, h_eager = train(backend, False)
+    graphed, trainer, h_graph = train(backend, True)
+    assert trainer.graphs_off_reason is None
+    assert not any(key[0] == "tb" for key in trainer._state)       # no gathered targets
+    np.testing.assert_array_equal(graphed.params, eager.params)
+    assert h_graph == h_eager
+    reference, ref_trainer, h_ref = train("numpy", False)
+    assert not any(key[0] == "tb" for key in ref_trainer._state)
+    assert max_rel_error(graphed.params, reference.params) < 1e-4
+    np.testing.assert_allclose(h_graph["loss"], h_ref["loss"], rtol=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])

@@ -32,8 +32,9 @@ class CupyBackend:
         device = cupy.cuda.Device()
         self._sms = device.attributes["MultiProcessorCount"]
         self._max_blocks = 32 * self._sms
-        # dense_layer.cu's grid and its STAGED variant: `gpubp bench --kernels` times the others.
-        self._dl_blocks_per_sm, self._dl_staged = 4, False
+        # dense_layer.cu's grid: 6 blocks per SM, the fastest of 2, 4, 6 and 8 on an H100 in
+        # each narrow case (`gpubp bench --kernels` times the others).
+        self._dl_blocks_per_sm = 6
         # Stand-ins for pointer arguments a kernel variant never reads.
         self._unused_labels = cupy.zeros(1, dtype=np.int32)
         self._unused_loss = cupy.zeros(1, dtype=np.float64)
@@ -183,16 +184,21 @@ class CupyBackend:
         return (precision == "float32" and w.shape[0] <= self._DL_MAX and w.shape[1] <= self._DL_MAX
                 and all(x.dtype == np.float32 and x.flags.c_contiguous for x in (w, *arrays)))
 
+    # Forward, a layer of this many outputs or fewer is composed (a product, then
+    # bias_activation): dense_layer.cu computes its tile of 64 columns regardless,
+    # and narrow's 64 -> 16 output layer took 124 µs fused, 111 µs composed (H100).
+    _DL_FORWARD_MIN_N = 17
+
     def _dense_grid(self, m):
         return max(1, min((m + self._DL_ROWS - 1) // self._DL_ROWS, self._dl_blocks_per_sm * self._sms))
 
     def dense_forward(self, a, w, b, activation, out, precision="float32"):
-        if not self._dense_fused(w, precision, a, b, out):
+        if w.shape[1] < self._DL_FORWARD_MIN_N or not self._dense_fused(w, precision, a, b, out):
             self.matmul(a, w, out=out, precision=precision)
             return self.bias_activation(out, b, activation)
         m, (K, N) = a.shape[0], w.shape
         code = kernels.ACTIVATION_CODES[activation]
-        self._kernels.function("dense_layer", f"dense_forward<{code}, {str(self._dl_staged).lower()}>")(
+        self._kernels.function("dense_layer", f"dense_forward<{code}>")(
             (self._dense_grid(m),), (self._DL_THREADS,),
             (a, w, b, out, np.int32(m), np.int32(K), np.int32(N)))
         return out
@@ -200,13 +206,12 @@ class CupyBackend:
     def dense_backward(self, delta, w, a, activation, out, db, precision="float32"):
         if not self._dense_fused(w, precision, delta, a, out, db):
             self.matmul(delta, w, out=out, transb=True, precision=precision)
-            self.activation_backward(out, a, activation, out=out)
-            return self.bias_grad(out, out=db)
+            return self.activation_backward_bias_grad(out, a, activation, out=out, db=db)
         m, (K, N) = delta.shape[0], w.shape
         grid = self._dense_grid(m)
         partial = self._work.empty((grid, K), np.float32, "dense_backward")
         code = kernels.ACTIVATION_CODES[activation]
-        self._kernels.function("dense_layer", f"dense_backward<{code}, {str(self._dl_staged).lower()}>")(
+        self._kernels.function("dense_layer", f"dense_backward<{code}>")(
             (grid,), (self._DL_THREADS,),
             (delta, w, a, out, partial, np.int32(m), np.int32(K), np.int32(N)))
         self._kernels.function("bias_grad", "bias_grad_finish<float>")(
@@ -237,17 +242,17 @@ class CupyBackend:
 
     _POINTWISE = {"mse_identity": 0, "mse_sigmoid": 1, "bce_sigmoid": 2}
 
-    def pointwise_loss(self, z, y, kind, delta, loss, scale):
-        packed = self._packed(z, y, delta)
-        fn = self._kernels.function(
-            "pointwise_loss",
-            f"pointwise_loss{'_packed' if packed else ''}<{self._t(z.dtype)}, {self._POINTWISE[kind]}>"
-        )
-        fn(
-            (self._blocks(z.size // (16 // z.dtype.itemsize) if packed else z.size),),
-            (_THREADS,),
-            (z, y, delta, loss, np.int64(z.size), z.dtype.type(scale)),
-        )
+    def pointwise_loss(self, z, y, kind, delta, loss, scale, rows=None):
+        variant = f"<{self._t(z.dtype)}, {self._POINTWISE[kind]}>"
+        if rows is None:
+            args = (z, y, delta, loss, np.int64(z.size), z.dtype.type(scale))
+            fn = self._kernels.function("pointwise_loss", f"pointwise_loss{variant}")
+        else:                                    # y's rows read in place: no gathered copy
+            order, offset = rows
+            args = (z, y, order, offset, delta, loss, np.int64(z.size), np.int32(z.shape[1]),
+                    z.dtype.type(scale))
+            fn = self._kernels.function("pointwise_loss", f"pointwise_loss_gathered{variant}")
+        fn((self._blocks(z.size),), (_THREADS,), args)
         return delta
 
     # -- backward -------------------------------------------------------------
@@ -261,8 +266,45 @@ class CupyBackend:
             (err, a, out, np.int64(out.size)))
         return out
 
+    def _wide(self, cols, dtype, *arrays):
+        """Whether bias_grad.cu's packed kernels take these rows: 32 packs or
+        more (a warp's worth across a row; narrower rows would leave lanes
+        idle), every operand 16-byte aligned."""
+        pack = 16 // np.dtype(dtype).itemsize
+        return cols % pack == 0 and cols // pack >= 32 and self._packed(*arrays)
+
+    def _bias_grad_packed(self, err, a, delta, db, activation):
+        """db = column sums of delta, through bias_grad_packed; with an
+        activation, delta = err * g'(a) first (FUSED), else err is unused."""
+        rows, cols = delta.shape
+        t = self._t(delta.dtype)
+        grid_x = (cols // (16 // delta.dtype.itemsize) + 31) // 32
+        grid_y = max(1, min((rows + 255) // 256, (16 * self._sms) // grid_x, 65535))
+        partial = db if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
+        variant = ("0, false" if activation is None
+                   else f"{kernels.ACTIVATION_CODES[activation]}, true")
+        self._kernels.function("bias_grad", f"bias_grad_packed<{t}, {variant}>")(
+            (grid_x, grid_y), (32, 8),
+            (delta if err is None else err, delta if a is None else a, delta, partial,
+             np.int32(rows), np.int32(cols)))
+        if grid_y > 1:
+            self._kernels.function("bias_grad", f"bias_grad_finish<{t}>")(
+                ((cols + 31) // 32,), (32, 32), (partial, db, np.int32(grid_y), np.int32(cols)))
+        return db
+
+    def activation_backward_bias_grad(self, err, a, activation, out, db):
+        """out = err * g'(a) and db = its column sums: for wide rows in one pass
+        (bias_grad_packed, FUSED), else activation_backward then bias_grad."""
+        if (err.dtype == a.dtype == out.dtype == db.dtype and err.shape == a.shape == out.shape
+                and self._wide(out.shape[1], out.dtype, err, a, out, db)):
+            return self._bias_grad_packed(err, a, out, db, activation)
+        self.activation_backward(err, a, activation, out=out)
+        return self.bias_grad(out, out=db)
+
     def bias_grad(self, delta, out):
         rows, cols = delta.shape
+        if delta.dtype == out.dtype and self._wide(cols, delta.dtype, delta, out):
+            return self._bias_grad_packed(None, None, delta, out, None)
         t = self._t(delta.dtype)
         grid_x = (cols + 31) // 32
         # Up to one block row per 256 rows and some 16 blocks per SM in all, so

@@ -205,15 +205,19 @@ class NumpyBackend:
         return self._work.empty((m,), np.int64, "row_numbers",
                                 init=lambda a: self.xp.copyto(a, self.xp.arange(m)))
 
-    def pointwise_loss(self, z, y, kind, delta, loss, scale):
+    def pointwise_loss(self, z, y, kind, delta, loss, scale, rows=None):
         """Elementwise output + loss from the logits (kernels/pointwise_loss.cu).
 
         kind "mse_identity": loss += 1/2 (z - y)^2, delta = z - y
         kind "mse_sigmoid":  loss += 1/2 (s - y)^2, delta = (s - y) s (1 - s)
         kind "bce_sigmoid":  loss += max(z,0) - z y + log(1 + exp(-|z|)), delta = s - y
-        each delta then times scale.
+        each delta then times scale. With ``rows = (order, offset)``, ``y`` is
+        the whole data set's targets and the batch's are its rows
+        ``order[offset : offset + m]`` (as gather_rows takes them).
         """
         xp = self.xp
+        if rows is not None:
+            y = self.gather_rows(y, *rows, out=self._work(z, slot=2))
         s = self._work(z)
         if kind == "mse_identity":
             xp.subtract(z, y, out=delta)
@@ -268,7 +272,12 @@ class NumpyBackend:
         layer's; db = its column sums (kernels/dense_layer.cu fuses the three
         for narrow float32 layers)."""
         self.matmul(delta, w, out=out, transb=True, precision=precision)
-        self.activation_backward(out, a, activation, out=out)
+        return self.activation_backward_bias_grad(out, a, activation, out=out, db=db)
+
+    def activation_backward_bias_grad(self, err, a, activation, out, db):
+        """out = err * g'(a), then db = its column sums (kernels/bias_grad.cu,
+        bias_grad_packed with FUSED, does both in one pass over wide rows)."""
+        self.activation_backward(err, a, activation, out=out)
         return self.bias_grad(out, out=db)
 
     def bias_grad(self, delta, out):

@@ -10,12 +10,12 @@ to hold against the card's peak (about 3.35 TB/s on an H100 SXM).
 
 The kernels that move 16-byte packs (``gpubp_pack`` in ``kernels/common.cuh``)
 are also timed one element at a time, the CuPy backend's path for operands
-that are not 16-byte aligned. The narrow-layer kernels
-(``kernels/dense_layer.cu``) are also timed as variants of the CuPy backend itself: its composed path (cuBLAS, then the
-separate per-element kernels), which it takes for wider layers, and the fused
-kernel staged through shared memory (its STAGED flag) and on grids of 2, 6
-and 8 blocks per SM (4 is the default). These decide which layers take the
-kernel, and how it runs::
+that are not 16-byte aligned. The narrow-layer cases are also timed as the
+CuPy backend's own variants: its composed path (cuBLAS, then the separate
+per-element kernels), which it takes for wider layers and, forward, for
+layers of 16 outputs or fewer; ``kernels/dense_layer.cu`` itself (``fused``);
+and that kernel on grids of 2, 4 and 8 blocks per SM (6 is the default).
+These decide which layers take the kernel, and how it runs::
 
     gpubp bench --kernels [--quick] [--json PATH]
 """
@@ -60,6 +60,13 @@ def _cases(m_narrow=262144, wide=4096):
             err, a = _rand(b, rng, rows, cols), _rand(b, rng, rows, cols)
             out = b.xp.empty((rows, cols), dtype=np.float32)
             return lambda: b.activation_backward(err, a, act, out)
+        return setup
+
+    def backward_sums(act, rows, cols):
+        def setup(b, rng):
+            err, a = _rand(b, rng, rows, cols), _rand(b, rng, rows, cols)
+            out, db = b.xp.empty((rows, cols), dtype=np.float32), b.xp.empty(cols, dtype=np.float32)
+            return lambda: b.activation_backward_bias_grad(err, a, act, out, db)
         return setup
 
     def bias_grad(rows, cols):
@@ -115,6 +122,8 @@ def _cases(m_narrow=262144, wide=4096):
          bias_activation("sigmoid", wide, wide)),
         ("activation_backward sigmoid", "large", F32 * 3 * big,
          activation_backward("sigmoid", wide, wide)),
+        ("activation_backward+bias_grad sigmoid", "large", F32 * (3 * big + wide),
+         backward_sums("sigmoid", wide, wide)),
         ("bias_grad 262144x64", "narrow", F32 * (n * 64 + 64), bias_grad(n, 64)),
         ("bias_grad 4096x4096", "large", F32 * (big + wide), bias_grad(wide, wide)),
         (f"softmax_cross_entropy {rows_ce}x10", "medium", F32 * 2 * rows_ce * 10 + 4 * rows_ce,
@@ -128,17 +137,18 @@ def _cases(m_narrow=262144, wide=4096):
 
 
 # (label, the CuPy backend's attributes for it) for the dense_layer.cu cases.
-DENSE_VARIANTS = [("composed", {"_DL_MAX": 0}),
-                  ("staged", {"_dl_staged": True}),
-                  ("2 blocks/SM", {"_dl_blocks_per_sm": 2}),
-                  ("6 blocks/SM", {"_dl_blocks_per_sm": 6}),
-                  ("8 blocks/SM", {"_dl_blocks_per_sm": 8}),
-                  ("staged, 6 blocks/SM", {"_dl_staged": True, "_dl_blocks_per_sm": 6})]
+DENSE_VARIANTS = [("composed", {"_DL_MAX": 0, "_DL_FORWARD_MIN_N": 0}),
+                  ("fused", {"_DL_FORWARD_MIN_N": 0}),
+                  ("2 blocks/SM", {"_dl_blocks_per_sm": 2, "_DL_FORWARD_MIN_N": 0}),
+                  ("4 blocks/SM", {"_dl_blocks_per_sm": 4, "_DL_FORWARD_MIN_N": 0}),
+                  ("8 blocks/SM", {"_dl_blocks_per_sm": 8, "_DL_FORWARD_MIN_N": 0})]
 
 
-# The kernels that move 16-byte packs (gpubp_pack), also timed one element at a time.
+# The cases whose kernels move 16-byte packs (gpubp_pack), also timed one element at a time.
 PACKED_VARIANTS = [("one element at a time", {"_packed": lambda *arrays: False})]
-_PACKED_OPS = ("bias_activation", "activation_backward", "pointwise_loss", "adam", "gather_rows")
+PACKED_CASES = ("bias_activation sigmoid", "activation_backward sigmoid",
+                "activation_backward+bias_grad sigmoid", "bias_grad 4096x4096",
+                "adam 50M parameters", "gather_rows 262144x64", "gather_rows 4096x4096")
 
 
 def _variants_of(name, backend):
@@ -147,7 +157,7 @@ def _variants_of(name, backend):
         return []
     if name.startswith("dense_"):
         return DENSE_VARIANTS
-    return PACKED_VARIANTS if name.startswith(_PACKED_OPS) else []
+    return PACKED_VARIANTS if name in PACKED_CASES else []
 
 
 @contextlib.contextmanager

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The runs behind the README's H100 table, in one call of the device tool:
+#   run: bash benchmarks/readme_table.sh     (timeout_s 480; kind nvidia-h100-x1)
+# 1. the GPU-critical tests (kernels against NumPy, graphs against eager, gpubp.cublas);
+# 2. gpubp bench --backend cupy (every GPU config, 30 repeats) and the TF32 large run;
+# 3. the kernel table (--kernels --quick) and where the large TF32 and narrow steps spend
+#    their time (--profile).
+# Each phase has its own limit; what finished lands in $OUT whatever comes after.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/gpubp-readme-table}"
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+timeout -k 5 110 python3 -m pytest -q -rs -p no:cacheprovider -o faulthandler_timeout=60 \
+    -k "not emulated" tests/test_kernels.py tests/test_trainer.py tests/test_cublas.py 2>&1 \
+    | tee "$OUT/tests_gpu.log" | grep -E "FAILED|ERROR|passed|failed" | tail -n 15
+timeout -k 5 170 python3 -m gpubp bench --backend cupy --json "$OUT/h100.json" 2>"$OUT/bench.err" \
+    | tee "$OUT/h100.txt"
+timeout -k 5 60 python3 -m gpubp bench --backend cupy --config large --precision tf32 \
+    --json "$OUT/h100-large-tf32.json" 2>>"$OUT/bench.err" | tee "$OUT/h100-large-tf32.txt"
+timeout -k 5 60 python3 -m gpubp bench --kernels --quick --json "$OUT/kernels.json" 2>/dev/null \
+    | tee "$OUT/kernels.txt"
+timeout -k 5 40 python3 -m gpubp bench --profile --backend cupy --config large --precision tf32 \
+    --repeat 10 2>/dev/null | tee "$OUT/profile.txt"
+timeout -k 5 30 python3 -m gpubp bench --profile --backend cupy --config narrow --repeat 10 \
+    2>/dev/null | tee -a "$OUT/profile.txt"
+exit 0
