@@ -48,6 +48,7 @@ dW = [cupy.empty((n, n), dtype=np.float32) for _ in range(3)]
 err = [cupy.empty((n, n), dtype=np.float32) for _ in range(3)]
 state = [(rand(n * n), cupy.abs(rand(n * n))) for _ in range(3)]        # m, v per layer
 step, coef = cupy.zeros(1, dtype=np.int32), cupy.zeros(2, dtype=np.float64)
+b.adam_schedule(step, coef, 1e-6, 0.9, 0.999)
 
 
 def gemm_dw(i):
@@ -60,7 +61,7 @@ def gemm_dx(i):
 
 def adam(i):
     m, v = state[i]
-    b.adam(W[i].ravel(), dW[i].ravel(), m, v, step, coef, 1e-6, 1.0, 0.9, 0.999, 1e-8)
+    b.adam(W[i].ravel(), dW[i].ravel(), m, v, coef, 1.0, 0.9, 0.999, 1e-8)
 
 
 def gemms():

@@ -15,14 +15,22 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 timeout -k 5 110 python3 -m pytest -q -rs -p no:cacheprovider -o faulthandler_timeout=60 \
     -k "not emulated" tests/test_kernels.py tests/test_trainer.py tests/test_cublas.py 2>&1 \
     | tee "$OUT/tests_gpu.log" | grep -E "FAILED|ERROR|passed|failed" | tail -n 15
-timeout -k 5 170 python3 -m gpubp bench --backend cupy --json "$OUT/h100.json" 2>"$OUT/bench.err" \
+# If updates on a second stream failed their GPU test, the benchmark runs without them
+# (and the code must then turn them off: the table is what main runs).
+GPUBP=(python3 -m gpubp)
+if grep -qE "FAILED.*(second_stream|beside)" "$OUT/tests_gpu.log"; then
+    echo "updates beside the backward pass failed on the GPU: benchmarks run without them"
+    GPUBP=(python3 -c "import sys; from gpubp.backends.cupy_backend import CupyBackend as C; \
+C._OVERLAP_MIN_WEIGHTS = 1 << 62; from gpubp.__main__ import main; sys.exit(main())")
+fi
+timeout -k 5 170 "${GPUBP[@]}" bench --backend cupy --json "$OUT/h100.json" 2>"$OUT/bench.err" \
     | tee "$OUT/h100.txt"
-timeout -k 5 60 python3 -m gpubp bench --backend cupy --config large --precision tf32 \
+timeout -k 5 60 "${GPUBP[@]}" bench --backend cupy --config large --precision tf32 \
     --json "$OUT/h100-large-tf32.json" 2>>"$OUT/bench.err" | tee "$OUT/h100-large-tf32.txt"
-timeout -k 5 60 python3 -m gpubp bench --kernels --quick --json "$OUT/kernels.json" 2>/dev/null \
+timeout -k 5 60 "${GPUBP[@]}" bench --kernels --quick --json "$OUT/kernels.json" 2>/dev/null \
     | tee "$OUT/kernels.txt"
-timeout -k 5 40 python3 -m gpubp bench --profile --backend cupy --config large --precision tf32 \
+timeout -k 5 40 "${GPUBP[@]}" bench --profile --backend cupy --config large --precision tf32 \
     --repeat 10 2>/dev/null | tee "$OUT/profile.txt"
-timeout -k 5 30 python3 -m gpubp bench --profile --backend cupy --config narrow --repeat 10 \
+timeout -k 5 30 "${GPUBP[@]}" bench --profile --backend cupy --config narrow --repeat 10 \
     2>/dev/null | tee -a "$OUT/profile.txt"
 exit 0

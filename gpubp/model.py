@@ -104,14 +104,20 @@ class MLP:
         """The number of weight layers (one less than ``len(layer_sizes)``)."""
         return len(self.layer_sizes) - 1
 
+    def _layer_ranges(self, layer):
+        """The ``(start, stop)`` ranges of layer's W and b in the flat buffer."""
+        sizes = self.layer_sizes
+        w_at = sum(i * o for i, o in zip(sizes[:layer], sizes[1:layer + 1]))
+        b_at = self.n_weights + sum(sizes[1:layer + 1])
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        return [(w_at, w_at + n_in * n_out), (b_at, b_at + n_out)]
+
     def _views(self, flat):
         weights, biases = [], []
-        w_at, b_at = 0, self.n_weights
-        for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
-            weights.append(flat[w_at:w_at + n_in * n_out].reshape(n_in, n_out))
-            biases.append(flat[b_at:b_at + n_out])
-            w_at += n_in * n_out
-            b_at += n_out
+        for layer, (n_in, n_out) in enumerate(zip(self.layer_sizes[:-1], self.layer_sizes[1:])):
+            (w0, w1), (b0, b1) = self._layer_ranges(layer)
+            weights.append(flat[w0:w1].reshape(n_in, n_out))
+            biases.append(flat[b0:b1])
         return weights, biases
 
     def _initial_params(self, seed):
@@ -201,14 +207,15 @@ class MLP:
         else:
             self.backend.pointwise_loss(logits, dense, kind, delta, loss_acc, scale, rows=rows)
 
-    def _backprop(self, X, dense, labels, kind, l2, bufs, loss_acc, rows=None):
+    def _backprop(self, X, dense, labels, kind, l2, bufs, loss_acc, rows=None, ready=None):
         """One batch: forward, loss and output delta, backward into ``grads``.
 
         Adds m times the batch objective (summed per-example losses plus
         (l2/2) sum ||W||^2) to ``loss_acc`` on the device; reads nothing back.
         With ``rows = (order, offset)`` (elementwise losses only), ``dense`` is
         the whole data set's targets, the batch's its rows ``order[offset :
-        offset + m]``, read in place by the loss.
+        offset + m]``, read in place by the loss. ``ready(layer)`` is called
+        once a layer's gradients are final and its weights read no more.
         """
         m = X.shape[0]
         logits = self._forward(X, bufs)
@@ -219,15 +226,47 @@ class MLP:
             a_prev = X if layer == 0 else bufs.acts[layer]
             self.backend.matmul(a_prev, delta, out=self.grad_weights[layer], transa=True,
                                 precision=self.precision)
+            if l2 and ready is not None:    # layer by layer: its update may start at once
+                self.backend.l2_penalty(self.weights[layer], self.grad_weights[layer], loss_acc,
+                                        l2, m)
             if layer > 0:                   # the delta of the hidden layer below, its db
                 err = bufs.deltas[layer]
                 self.backend.dense_backward(delta, self.weights[layer], a_prev, self.activation,
                                             out=err, db=self.grad_biases[layer - 1],
                                             precision=self.precision)
                 delta = err
-        if l2:
+            if ready is not None:
+                ready(layer)
+        if l2 and ready is None:
             n = self.n_weights
             self.backend.l2_penalty(self.params[:n], self.grads[:n], loss_acc, l2, m)
+
+    def _train_step(self, X, dense, labels, kind, l2, bufs, loss_acc, optimizer, rows=None):
+        """One training step: ``_backprop``, then ``optimizer``'s update.
+
+        On the CuPy backend a layer with many weights (``overlap_layers``) is
+        updated on a second stream as soon as its gradients are final, beside
+        the backward pass of the layers below it; the rest of the parameters
+        after the backward pass. Each parameter gets the same update either
+        way (the same bits); the stream waits for both before the step ends.
+        """
+        early = set(self.backend.overlap_layers(self.layer_sizes))
+        if not early:
+            self._backprop(X, dense, labels, kind, l2, bufs, loss_acc, rows)
+            optimizer.step(self)
+            return
+        optimizer._begin_step(self)
+        done = []
+
+        def ready(layer):
+            if layer in early:
+                ranges = self._layer_ranges(layer)
+                self.backend.beside(lambda: optimizer._update(self, ranges))
+                done.extend(ranges)
+
+        self._backprop(X, dense, labels, kind, l2, bufs, loss_acc, rows, ready)
+        optimizer._update(self, _gaps(done, self.params.size))
+        self.backend.rejoin()
 
     def _chunks(self, n):
         """Evaluation buffers for n rows and the row ranges to run through them:
@@ -388,6 +427,16 @@ class MLP:
         extra = "" if self.precision == "float32" else f", precision={self.precision!r}"
         return (f"MLP({self.layer_sizes}, activation={self.activation!r}, output={self.output!r}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}{extra})")
+
+
+def _gaps(ranges, n):
+    """The ``(start, stop)`` ranges of ``range(n)`` that the disjoint ``ranges`` leave out."""
+    gaps, at = [], 0
+    for a, b in sorted(ranges):
+        if a > at:
+            gaps.append((at, a))
+        at = b
+    return gaps + ([(at, n)] if at < n else [])
 
 
 def _host_copy(backend, a):

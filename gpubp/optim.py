@@ -22,18 +22,25 @@ class Optimizer:
 
     def step(self, model):
         """Update ``model.params`` along ``model.grads`` (as left by the last backward pass)."""
+        self._begin_step(model)
+        self._update(model, [(0, model.params.size)])
+
+    def _begin_step(self, model):
+        """Counts the step and makes whatever every part of its update reads
+        (Adam's bias corrections), before any part is updated."""
         if self._model is None:
             self._model = model
             self._init_state(model)
         elif self._model is not model:
             raise ValueError("this optimizer holds state for another model; create one per model")
         self.steps += 1
-        self._update(model)
 
     def _init_state(self, model):
         pass
 
-    def _update(self, model):
+    def _update(self, model, ranges):
+        """Update the parameters in these ``(start, stop)`` ranges of the flat
+        buffer (one launch each); the ranges of one step are disjoint."""
         raise NotImplementedError
 
     def _hyperparameters(self):
@@ -60,8 +67,11 @@ class SGD(Optimizer):
         if self.momentum:
             self.buf = model.xp.zeros_like(model.params)
 
-    def _update(self, model):
-        model.backend.sgd(model.params, model.grads, self.buf, self.lr, self.momentum, self.nesterov)
+    def _update(self, model, ranges):
+        for a, b in ranges:
+            buf = None if self.buf is None else self.buf[a:b]
+            model.backend.sgd(model.params[a:b], model.grads[a:b], buf, self.lr, self.momentum,
+                              self.nesterov)
 
     def __repr__(self):
         return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov})"
@@ -94,13 +104,18 @@ class Adam(Optimizer):
         self.step_count = xp.zeros(1, dtype=np.int32)
         self.coef = xp.zeros(2, dtype=np.float64)
 
-    def _update(self, model):
+    def _begin_step(self, model):
+        super()._begin_step(model)
         beta1, beta2 = self.betas
-        model.backend.adam(
-            model.params, model.grads, self.m, self.v, self.step_count, self.coef,
-            lr=self.lr, decay=1.0 - self.lr * self.weight_decay,
-            beta1=beta1, beta2=beta2, eps=self.eps,
-        )
+        model.backend.adam_schedule(self.step_count, self.coef, self.lr, beta1, beta2)
+
+    def _update(self, model, ranges):
+        beta1, beta2 = self.betas
+        for a, b in ranges:
+            model.backend.adam(
+                model.params[a:b], model.grads[a:b], self.m[a:b], self.v[a:b], self.coef,
+                decay=1.0 - self.lr * self.weight_decay, beta1=beta1, beta2=beta2, eps=self.eps,
+            )
 
     def __repr__(self):
         return f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps})"

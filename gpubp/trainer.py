@@ -214,8 +214,8 @@ class Trainer:
             backend.gather_rows(X, order, offset, xb)
             if not in_place:
                 backend.gather_rows(targets, order, offset, tb)
-            model._backprop(xb, dense, labels, self._kind, self.l2, bufs, loss_sum, rows)
-            self.optimizer.step(model)
+            model._train_step(xb, dense, labels, self._kind, self.l2, bufs, loss_sum,
+                              self.optimizer, rows)
             backend.advance_offset(offset, m)
 
         return step

@@ -376,7 +376,8 @@ def _packed_case(op, cpb, rng, dtype, misaligned):
         p, g, m = (put(rng.normal(size=4097)) for _ in range(3))
         v = put(rng.uniform(0, 2, size=4097))
         step, coef = cpb.asarray(np.array([4], dtype=np.int32)), cpb.xp.zeros(2, dtype=np.float64)
-        cpb.adam(p, g, m, v, step, coef, lr=0.01, decay=0.999, beta1=0.9, beta2=0.999, eps=1e-8)
+        cpb.adam_schedule(step, coef, lr=0.01, beta1=0.9, beta2=0.999)
+        cpb.adam(p, g, m, v, coef, decay=0.999, beta1=0.9, beta2=0.999, eps=1e-8)
         return [p, m, v]
     assert op == "gather_rows"                           # rows of 8 elements: 32 or 64 bytes
     src, out = put(rng.normal(size=(500, 8))), put(np.zeros((64, 8)))
@@ -441,9 +442,11 @@ def test_adam_kernel(both, rng, dtype, decay):
     (pc, pn), (gc, gn), (mc, mn), (vc, vn) = [_pair(cpb, a.astype(dtype)) for a in arrays]
     stepc, stepn = _pair(cpb, np.array([2], dtype=np.int32))      # two steps already taken
     coefc, coefn = _pair(cpb, np.full(2, np.nan))
-    args = dict(lr=0.01, decay=decay, beta1=0.9, beta2=0.999, eps=1e-8)
-    cpb.adam(pc, gc, mc, vc, stepc, coefc, **args)
-    npb.adam(pn, gn, mn, vn, stepn, coefn, **args)
+    args = dict(decay=decay, beta1=0.9, beta2=0.999, eps=1e-8)
+    cpb.adam_schedule(stepc, coefc, lr=0.01, beta1=0.9, beta2=0.999)
+    npb.adam_schedule(stepn, coefn, lr=0.01, beta1=0.9, beta2=0.999)
+    cpb.adam(pc, gc, mc, vc, coefc, **args)
+    npb.adam(pn, gn, mn, vn, coefn, **args)
     assert int(stepc[0]) == int(stepn[0]) == 3
     _check(cpb, coefc, coefn, "float64")
     for c, n in ((pc, pn), (mc, mn), (vc, vn)):

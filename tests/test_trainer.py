@@ -662,3 +662,85 @@ def test_yes_no_arguments_take_numpy_bools_and_zero_or_one(rng):
     assert opt.nesterov is True
     with pytest.raises(TypeError, match="verbose must be True or False; got 2"):
         gpubp.Trainer(gpubp.MLP([3, 2], backend="numpy")).fit(X, y, verbose=2)
+
+
+def test_layer_ranges_and_their_gaps_cover_the_flat_buffer():
+    from gpubp.model import _gaps
+
+    model = gpubp.MLP([7, 5, 3, 2], backend="numpy")
+    ranges = [r for layer in range(model.n_layers) for r in model._layer_ranges(layer)]
+    assert sorted(b - a for a, b in ranges) == sorted([35, 15, 6, 5, 3, 2])
+    for layer, ((w0, w1), (b0, b1)) in enumerate(model._layer_ranges(i) for i in range(3)):
+        assert np.shares_memory(model.weights[layer], model.params[w0:w1])
+        assert model.weights[layer].size == w1 - w0 and model.biases[layer].size == b1 - b0
+        assert model.biases[layer].__array_interface__["data"][0] == \
+            model.params[b0:].__array_interface__["data"][0]
+    early = model._layer_ranges(1) + model._layer_ranges(2)
+    rest = _gaps(early, model.params.size)
+    assert rest == [model._layer_ranges(0)[0], model._layer_ranges(0)[1]]
+    assert sorted(early + rest) == sorted(ranges)
+    assert _gaps([], 10) == [(0, 10)] and _gaps([(0, 10)], 10) == []
+
+
+def _train_beside(backend, monkeypatch, min_weights, optimizer, cuda_graphs, rng_seed=0):
+    """[6, 70, 70, 4] for 3 epochs, the update of layers of at least
+    ``min_weights`` weights run beside the backward pass; records the ranges."""
+    rng = np.random.default_rng(rng_seed)
+    X, y = rng.normal(size=(100, 6)).astype(np.float32), rng.integers(0, 4, size=100)
+    monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", min_weights)
+    beside_calls = []
+    real = backend.beside
+    monkeypatch.setattr(backend, "beside", lambda fn: (beside_calls.append(1), real(fn)))
+    model = gpubp.MLP([6, 70, 70, 4], activation="tanh", backend=backend, seed=2)
+    opt = (gpubp.optim.AdamW(1e-2) if optimizer == "adamw"
+           else gpubp.optim.SGD(0.05, momentum=0.9, nesterov=True))
+    trainer = gpubp.Trainer(model, optimizer=opt, batch_size=16, l2=0.05, seed=3,
+                            cuda_graphs=cuda_graphs)
+    history = trainer.fit(X, y, epochs=3)
+    monkeypatch.undo()
+    return backend.to_numpy(model.params), history, len(beside_calls), trainer
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "nesterov"])
+def test_updates_beside_the_backward_pass_change_no_bit(monkeypatch, optimizer):
+    """Layers 1 and 2 (4900 and 280 weights) updated as soon as their gradients
+    are final, layer 0 and the rest after the backward pass, the L2 term added
+    layer by layer: the parameters end bit for bit where one update of the
+    whole buffer leaves them (the losses within rounding: summed in another
+    order). Emulated kernels: one stream, the order and the ranges are what is tested."""
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend()
+    assert backend.overlap_layers([6, 70, 70, 4]) == []          # far below the default
+    with backend.capturable():
+        alone, h_alone, calls, _ = _train_beside(backend, monkeypatch, 1 << 40, optimizer, False)
+        assert calls == 0
+        beside, h_beside, calls, _ = _train_beside(backend, monkeypatch, 200, optimizer, False)
+    assert calls == 2 * 7 * 3                       # layers 1 and 2, 7 steps an epoch, 3 epochs
+    np.testing.assert_array_equal(beside, alone)
+    np.testing.assert_allclose(h_beside["loss"], h_alone["loss"], rtol=1e-12)
+    graphed, h_graph, _, trainer = _train_beside(backend, monkeypatch, 200, optimizer, True)
+    assert trainer.graphs_off_reason is None
+    np.testing.assert_array_equal(graphed, alone)
+
+
+@requires_cupy
+@pytest.mark.parametrize("optimizer", ["adamw", "nesterov"])
+def test_updates_on_a_second_stream_change_no_bit_on_the_gpu(monkeypatch, optimizer):
+    """The same on a GPU, where the updates of layers 1 and 2 run on a second
+    stream (a branch of the captured graph): eager and graph-replayed, the
+    parameters end bit for bit where one update on one stream leaves them."""
+    _needs_direct_gemm()
+    backend = gpubp.get_backend("cupy")
+    assert backend.overlap_layers([4096, 4096, 4096, 4096]) == [1, 2]
+    with backend.capturable():
+        alone, h_alone, calls, _ = _train_beside(backend, monkeypatch, 1 << 40, optimizer, False)
+        assert calls == 0
+        beside, h_beside, calls, _ = _train_beside(backend, monkeypatch, 200, optimizer, False)
+    assert calls == 2 * 7 * 3
+    np.testing.assert_array_equal(beside, alone)
+    np.testing.assert_allclose(h_beside["loss"], h_alone["loss"], rtol=1e-6)
+    graphed, h_graph, calls, trainer = _train_beside(backend, monkeypatch, 200, optimizer, True)
+    assert trainer.graphs_off_reason is None
+    np.testing.assert_array_equal(graphed, alone)
+    np.testing.assert_allclose(h_graph["loss"], h_alone["loss"], rtol=1e-6)

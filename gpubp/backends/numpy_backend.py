@@ -295,6 +295,18 @@ class NumpyBackend:
         xp.multiply(w, w.dtype.type(l2 / m), out=s)
         g += s
 
+    # -- updates beside the backward pass ---------------------------------------
+    def overlap_layers(self, layer_sizes):
+        """The layers whose update MLP._train_step runs beside the backward
+        pass: none on the CPU (one stream of work)."""
+        return []
+
+    def beside(self, fn):
+        fn()
+
+    def rejoin(self):
+        pass
+
     # -- the batch gather ------------------------------------------------------
     def gather_rows(self, src, order, offset, out):
         """out = src[order[offset : offset + m]] (kernels/gather_rows.cu); ``offset``
@@ -324,15 +336,21 @@ class NumpyBackend:
                 xp.multiply(buf, t(lr), out=s)
         p -= s
 
-    def adam(self, p, g, m, v, step, coef, lr, decay, beta1, beta2, eps):
-        """PyTorch's Adam/AdamW over the flat buffer (kernels/adam.cu). ``step``
-        (int32, 1 element) counts the steps and is advanced here; ``coef``
-        (float64, 2 elements) receives lr / (1 - beta1^t) and sqrt(1 - beta2^t)."""
-        xp, t, s = self.xp, p.dtype.type, self._work(p)
-        step += 1                                      # array operations only: on CuPy
-        t_now = step.astype(np.float64)                # arrays nothing is read back
+    def adam_schedule(self, step, coef, lr, beta1, beta2):
+        """Advances Adam's step count ``step`` (int32, 1 element) and writes
+        ``coef`` (float64, 2 elements) = lr / (1 - beta1^t), sqrt(1 - beta2^t)
+        for every adam() of the step (kernels/adam.cu, adam_schedule). Array
+        operations only: on CuPy arrays nothing is read back."""
+        xp = self.xp
+        step += 1
+        t_now = step.astype(np.float64)
         coef[0:1] = lr / (1.0 - xp.power(beta1, t_now))
         coef[1:2] = xp.sqrt(1.0 - xp.power(beta2, t_now))
+
+    def adam(self, p, g, m, v, coef, decay, beta1, beta2, eps):
+        """PyTorch's Adam/AdamW over a range of the flat buffer (kernels/adam.cu),
+        with the step's ``coef`` from adam_schedule."""
+        xp, t, s = self.xp, p.dtype.type, self._work(p)
         step_size, bc2_sqrt = coef[0:1].astype(p.dtype), coef[1:2].astype(p.dtype)
         xp.subtract(g, m, out=s)                       # m += (1 - beta1) (g - m)
         s *= t(1) - t(beta1)

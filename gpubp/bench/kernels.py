@@ -95,7 +95,8 @@ def _cases(m_narrow=262144, wide=4096):
             p, g, m = (_rand(b, rng, size) for _ in range(3))
             v = b.xp.abs(_rand(b, rng, size))
             step, coef = b.xp.zeros(1, dtype=np.int32), b.xp.zeros(2, dtype=np.float64)
-            return lambda: b.adam(p, g, m, v, step, coef, 1e-3, 1.0, 0.9, 0.999, 1e-8)
+            b.adam_schedule(step, coef, 1e-3, 0.9, 0.999)
+            return lambda: b.adam(p, g, m, v, coef, 1.0, 0.9, 0.999, 1e-8)
         return setup
 
     def gather(rows, cols):

@@ -76,9 +76,8 @@ class GpubpWorkload:
             self._eager_step()
 
     def _eager_step(self):
-        self.model._backprop(self.xb, self.batch_dense, self.batch_labels, self.trainer._kind,
-                             0.0, self.bufs, self.loss_sum)
-        self.trainer.optimizer.step(self.model)
+        self.model._train_step(self.xb, self.batch_dense, self.batch_labels, self.trainer._kind,
+                               0.0, self.bufs, self.loss_sum, self.trainer.optimizer)
 
     def epoch(self):
         """One epoch of Trainer.fit over the device data set: device shuffle,
