@@ -396,3 +396,31 @@ def test_profile_accounts_for_the_step_operation_by_operation(tmp_path, capsys):
     assert not set(get_backend("numpy").__dict__) & {"matmul", "adam", "gather_rows"}
     with pytest.raises(SystemExit):
         main(["bench", "--profile", "--config", "tiny", "--backend", "all"])
+
+
+def test_profile_lists_what_runs_beside_the_backward_pass_apart(monkeypatch):
+    """The updates MLP._train_step runs on a second stream are named '(beside)'
+    and left out of the step's sum (their time overlaps the backward pass).
+    Here on the NumPy backend with a pretend second stream."""
+    from gpubp import get_backend
+    from gpubp.bench import CONFIGS
+    from gpubp.bench import profile as prof
+
+    numpy = get_backend("numpy")
+    current = ["main"]
+
+    def beside(fn):
+        current.append("side")
+        try:
+            fn()
+        finally:
+            current.pop()
+
+    monkeypatch.setattr(prof._HostMarks, "stream", staticmethod(lambda: current[-1]))
+    monkeypatch.setattr(numpy, "overlap_layers", lambda sizes: [1, 2])
+    monkeypatch.setattr(numpy, "beside", beside)
+    result = prof.profile_step(CONFIGS["tiny"], numpy, repeat=3)
+    calls = {r["op"]: r["calls"] for r in result["ops"]}
+    assert calls["adam (beside)"] == 4 and calls["adam"] == 2       # layers 1, 2: W and b each
+    text = prof.profile_table([result], {"date": "d", "gpu": None, "cpu": "c"})
+    assert "adam (beside)" in text and "not in the sum" in text

@@ -54,8 +54,8 @@ def test_the_h100_table_is_the_saved_runs(readme):
     from gpubp.bench.report import fmt
 
     results = ROOT / "benchmarks" / "results"
-    runs = {"float32": results / "h100-2026-11-26.json",
-            "tf32": results / "h100-large-tf32-2026-11-26.json"}
+    runs = {"float32": results / "h100-2026-11-26-b.json",
+            "tf32": results / "h100-large-tf32-2026-11-26-b.json"}
     medians = {}
     for precision, path in runs.items():
         data = json.loads(path.read_text())

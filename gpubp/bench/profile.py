@@ -3,7 +3,9 @@ loss, backward, Adam, the offset), launched eagerly, with each backend
 operation timed by events on the device (the host clock on the CPU). An
 operation's time excludes the operations it calls (``dense_forward`` calls
 ``matmul`` on wide layers), so the rows add up to the step, less the gaps
-between launches. Medians over the repeats, per step::
+between launches; operations run on the second stream (the updates of large
+layers, beside the backward pass) are listed apart. Medians over the repeats,
+per step::
 
     gpubp bench --profile --config large --backend cupy --precision tf32
 
@@ -27,6 +29,10 @@ OPS = ("gather_rows", "matmul", "dense_forward", "dense_backward", "bias_activat
 class _HostMarks:
     def mark(self):
         return time.perf_counter()
+
+    @staticmethod
+    def stream():
+        return None
 
     @staticmethod
     def elapsed_us(start, end):
@@ -53,6 +59,9 @@ class _EventMarks:
     def elapsed_us(self, start, end):
         return self._cupy.cuda.get_elapsed_time(start, end) * 1e3
 
+    def stream(self):
+        return self._cupy.cuda.get_current_stream().ptr
+
     def sync(self):
         self._cupy.cuda.get_current_stream().synchronize()
         self._used = 0
@@ -65,13 +74,15 @@ class _Recorder:
     def __init__(self, backend, marks):
         self.backend, self.marks = backend, marks
         self.calls, self._stack = [], []
+        self.main_stream = marks.stream()
         for name in OPS:
             if hasattr(backend, name) and name not in backend.__dict__:
                 setattr(backend, name, self._wrap(name, getattr(backend, name)))
 
     def _wrap(self, name, method):
         def timed(*args, **kwargs):
-            call = {"op": name, "children": []}
+            beside = self.marks.stream() != self.main_stream     # MLP._train_step's second stream
+            call = {"op": f"{name} (beside)" if beside else name, "children": []}
             (self._stack[-1]["children"] if self._stack else self.calls).append(call)
             self._stack.append(call)
             call["start"] = self.marks.mark()
@@ -174,6 +185,9 @@ def profile_table(profiles, meta):
         lines.append(f"  {'operation':<24}{'calls':>6}{'µs/step':>11}{'share':>8}")
         for r in p["ops"]:
             lines.append(f"  {r['op']:<24}{r['calls']:>6}{r['median_us']:>11.1f}{r['share']:>8.1%}")
-        rest = p["step_us"] - sum(r["median_us"] for r in p["ops"])
+        rest = p["step_us"] - sum(r["median_us"] for r in p["ops"] if "(beside)" not in r["op"])
         lines.append(f"  {'between operations':<24}{'':>6}{rest:>11.1f}{rest / p['step_us']:>8.1%}")
+        if any("(beside)" in r["op"] for r in p["ops"]):
+            lines.append("  (beside): on the second stream, beside the backward pass; timed from "
+                         "its start to its end there, waits included, and not in the sum")
     return "\n".join(lines)
