@@ -10,8 +10,8 @@ depends on. Row-major ``C = op(A) op(B)`` is computed as the column-major
 ``C^T = op(B)^T op(A)^T``, so no operand is copied or transposed.
 
 The CuPy backend uses it for TF32 products and inside ``capturable()`` (the
-trainer's CUDA-graph mode); eager float32 products stay with cupy.matmul until
-``tests/test_cublas.py`` has run on a GPU. A graph captured with a Gemm holds
+trainer's CUDA-graph mode); eager float32 products stay with cupy.matmul (to
+move them here is measured first: benchmarks/NOTES.md). A graph captured with a Gemm holds
 its workspace pointers: keep the Gemm alive as long as the graph.
 """
 

@@ -279,6 +279,8 @@ class CupyBackend:
         rows, cols = delta.shape
         t = self._t(delta.dtype)
         grid_x = (cols // (16 // delta.dtype.itemsize) + 31) // 32
+        # bias_grad's rule, a block row per 256 rows: small's 256 x 256 gets 2 blocks, the
+        # likely cause of its slower step (benchmarks/NOTES.md; a change still to be measured).
         grid_y = max(1, min((rows + 255) // 256, (16 * self._sms) // grid_x, 65535))
         partial = db if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
         variant = ("0, false" if activation is None
@@ -357,8 +359,9 @@ class CupyBackend:
     # A layer with at least this many weights is updated on a second stream while
     # the layers below it go backward (MLP._train_step). Adam over large's two
     # upper 4096 x 4096 layers beside its GEMMs saved 165 µs (float32) and 40 µs
-    # (TF32) of 486 and 461 on an H100 (benchmarks/overlap_probe.py); a layer of
-    # 1024 x 1024 (medium) would save less than its extra launches cost.
+    # (TF32) of 486 and 461 on an H100 (benchmarks/overlap_probe.py), and large's
+    # TF32 graph step about 62 µs; a layer of 1024 x 1024 (medium) would save less
+    # than its extra launches cost (not measured).
     _OVERLAP_MIN_WEIGHTS = 1 << 22
 
     def overlap_layers(self, layer_sizes):
