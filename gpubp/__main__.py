@@ -78,7 +78,6 @@ def main(argv=None):
 def _bench_kernels(parser, args):
     from .backends import BackendUnavailableError, get_backend, plain_cupy_backend
     from .bench.kernels import kernel_table, run_kernels
-    from .bench.report import write_json
     from .bench.run import environment
     from .bench.timing import CupyEvents
 
@@ -89,17 +88,23 @@ def _bench_kernels(parser, args):
     rows = run_kernels(fused, unfused, CupyEvents(), quick=args.quick,
                        log=lambda s: print(s, file=sys.stderr, flush=True))
     meta = environment()
-    print(kernel_table(rows, meta))
-    if args.json:
-        write_json({"meta": meta, "kernels": rows}, args.json)
-        print(f"wrote {args.json}")
+    return _print_and_save(kernel_table(rows, meta), {"meta": meta, "kernels": rows}, args.json)
+
+
+def _print_and_save(text, results, path):
+    """Print a table; with --json, write its figures to path too."""
+    from .bench.report import write_json
+
+    print(text)
+    if path:
+        write_json(results, path)
+        print(f"wrote {path}")
     return 0
 
 
 def _bench_profile(parser, args, configs):
     from .backends import BackendUnavailableError, get_backend
     from .bench.profile import profile_step, profile_table
-    from .bench.report import write_json
     from .bench.run import environment
 
     if args.backend == "all":
@@ -116,11 +121,8 @@ def _bench_profile(parser, args, configs):
         print(f"profiling {config.name} ...", file=sys.stderr, flush=True)
         profiles.append(profile_step(config, backend, args.precision, repeat=repeat))
     meta = environment()
-    print(profile_table(profiles, meta))
-    if args.json:
-        write_json({"meta": meta, "profiles": profiles}, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return _print_and_save(profile_table(profiles, meta), {"meta": meta, "profiles": profiles},
+                           args.json)
 
 
 def _custom_network(parser, args, custom_config):
