@@ -722,6 +722,7 @@ def test_updates_beside_the_backward_pass_change_no_bit(monkeypatch, optimizer):
     graphed, h_graph, _, trainer = _train_beside(backend, monkeypatch, 200, optimizer, True)
     assert trainer.graphs_off_reason is None
     np.testing.assert_array_equal(graphed, alone)
+    np.testing.assert_allclose(h_graph["loss"], h_alone["loss"], rtol=1e-12)
 
 
 @requires_cupy
