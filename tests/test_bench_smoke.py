@@ -261,8 +261,8 @@ def test_kernel_table_runs_every_case():
     from _cuda_emulator import emulated_backend
 
     from gpubp import get_backend
-    from gpubp.bench.kernels import (DENSE_VARIANTS, PACKED_CASES, PACKED_VARIANTS, kernel_table,
-                                     run_kernels)
+    from gpubp.bench.kernels import (COLUMN_SUM_VARIANTS, DENSE_VARIANTS, PACKED_CASES,
+                                     PACKED_VARIANTS, kernel_table, run_kernels)
     from gpubp.bench.run import environment
     from gpubp.bench.timing import HostClock
 
@@ -276,15 +276,18 @@ def test_kernel_table_runs_every_case():
     # variants, which leave it as it was.
     dense = [r for r in rows if r["kernel"].startswith("dense_")]
     packed = [r for r in rows if r["kernel"] in PACKED_CASES]
-    assert len(dense) == 4 and len(packed) == len(PACKED_CASES) == 7
+    sums = [r for r in packed if "bias_grad" in r["kernel"]]
+    assert len(dense) == 4 and len(packed) == len(PACKED_CASES) == 8 and len(sums) == 3
     assert all("variants" not in r for r in rows if r not in dense + packed)
-    for group, variants in ((dense, DENSE_VARIANTS), (packed, PACKED_VARIANTS)):
+    for group, variants in ((dense, DENSE_VARIANTS), (sums, COLUMN_SUM_VARIANTS),
+                            ([r for r in packed if r not in sums], PACKED_VARIANTS)):
         for r in group:
             assert list(r["variants"]) == [label for label, _ in variants]
             assert all(v["median_us"] > 0 for v in r["variants"].values())
-    assert printed.count("composed ") == 4 and printed.count("one element at a time ") == 7
+    assert printed.count("composed ") == 4 and printed.count("one element at a time ") == 8
+    assert printed.count("32 rows per block row ") == 3
     assert emulated._dl_blocks_per_sm == 6
-    assert not {"_DL_MAX", "_DL_FORWARD_MIN_N", "_packed"} & set(emulated.__dict__)
+    assert not {"_DL_MAX", "_DL_FORWARD_MIN_N", "_packed", "_BG_BLOCK_ROWS"} & set(emulated.__dict__)
 
 
 def test_a_kernel_that_fails_to_run_is_reported_and_the_table_goes_on():

@@ -199,8 +199,10 @@ def test_activation_backward(both, rng, dtype, activation):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("shape", [(41, 23), (517, 256), (3, 128)])   # narrow rows; wide: packed
-def test_activation_backward_bias_grad(both, rng, dtype, activation, shape):
+@pytest.mark.parametrize("block_rows", [256, 32])      # the default grid, and the one to measure
+def test_activation_backward_bias_grad(both, rng, monkeypatch, dtype, activation, shape, block_rows):
     cpb, npb = both
+    monkeypatch.setattr(cpb, "_BG_BLOCK_ROWS", block_rows)
     a = rng.normal(size=shape)
     npb.bias_activation(a, np.zeros(shape[1]), activation)
     ec, en = _pair(cpb, rng.normal(size=shape).astype(dtype))

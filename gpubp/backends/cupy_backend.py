@@ -266,6 +266,8 @@ class CupyBackend:
             (err, a, out, np.int64(out.size)))
         return out
 
+    _BG_BLOCK_ROWS = 256
+
     def _wide(self, cols, dtype, *arrays):
         """Whether bias_grad.cu's packed kernels take these rows: 32 packs or
         more (a warp's worth across a row; narrower rows would leave lanes
@@ -279,9 +281,10 @@ class CupyBackend:
         rows, cols = delta.shape
         t = self._t(delta.dtype)
         grid_x = (cols // (16 // delta.dtype.itemsize) + 31) // 32
-        # bias_grad's rule, a block row per 256 rows: small's 256 x 256 gets 2 blocks, the
-        # likely cause of its slower step (benchmarks/NOTES.md; a change still to be measured).
-        grid_y = max(1, min((rows + 255) // 256, (16 * self._sms) // grid_x, 65535))
+        # A block row per _BG_BLOCK_ROWS rows (256, bias_grad's rule): small's 256 x 256 gets 2
+        # blocks, the likely cause of its slower step (benchmarks/NOTES.md). `gpubp bench
+        # --kernels` also times 32, the change to measure.
+        grid_y = max(1, min(-(-rows // self._BG_BLOCK_ROWS), (16 * self._sms) // grid_x, 65535))
         partial = db if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
         variant = ("0, false" if activation is None
                    else f"{kernels.ACTIVATION_CODES[activation]}, true")

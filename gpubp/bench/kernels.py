@@ -125,6 +125,8 @@ def _cases(m_narrow=262144, wide=4096):
          activation_backward("sigmoid", wide, wide)),
         ("activation_backward+bias_grad sigmoid", "large", F32 * (3 * big + wide),
          backward_sums("sigmoid", wide, wide)),
+        ("activation_backward+bias_grad 256x256", "small", F32 * (3 * 256 * 256 + 256),
+         backward_sums("sigmoid", 256, 256)),
         ("bias_grad 262144x64", "narrow", F32 * (n * 64 + 64), bias_grad(n, 64)),
         ("bias_grad 4096x4096", "large", F32 * (big + wide), bias_grad(wide, wide)),
         (f"softmax_cross_entropy {rows_ce}x10", "medium", F32 * 2 * rows_ce * 10 + 4 * rows_ce,
@@ -145,11 +147,14 @@ DENSE_VARIANTS = [("composed", {"_DL_MAX": 0, "_DL_FORWARD_MIN_N": 0}),
                   ("8 blocks/SM", {"_dl_blocks_per_sm": 8, "_DL_FORWARD_MIN_N": 0})]
 
 
-# The cases whose kernels move 16-byte packs (gpubp_pack), also timed one element at a time.
+# The cases whose kernels move 16-byte packs (gpubp_pack), also timed one element at a time;
+# the packed column sums also with a block row per 32 rows (CupyBackend._BG_BLOCK_ROWS).
 PACKED_VARIANTS = [("one element at a time", {"_packed": lambda *arrays: False})]
 PACKED_CASES = ("bias_activation sigmoid", "activation_backward sigmoid",
-                "activation_backward+bias_grad sigmoid", "bias_grad 4096x4096",
-                "adam 50M parameters", "gather_rows 262144x64", "gather_rows 4096x4096")
+                "activation_backward+bias_grad sigmoid", "activation_backward+bias_grad 256x256",
+                "bias_grad 4096x4096", "adam 50M parameters", "gather_rows 262144x64",
+                "gather_rows 4096x4096")
+COLUMN_SUM_VARIANTS = PACKED_VARIANTS + [("32 rows per block row", {"_BG_BLOCK_ROWS": 32})]
 
 
 def _variants_of(name, backend):
@@ -158,7 +163,9 @@ def _variants_of(name, backend):
         return []
     if name.startswith("dense_"):
         return DENSE_VARIANTS
-    return PACKED_VARIANTS if name in PACKED_CASES else []
+    if name in PACKED_CASES:
+        return COLUMN_SUM_VARIANTS if "bias_grad" in name else PACKED_VARIANTS
+    return []
 
 
 @contextlib.contextmanager
