@@ -701,6 +701,23 @@ def _train_beside(backend, monkeypatch, min_weights, optimizer, cuda_graphs, rng
     return backend.to_numpy(model.params), history, len(beside_calls), trainer
 
 
+def _check_updates_beside(backend, monkeypatch, optimizer, loss_rtol):
+    """Eager with no layer updated beside the backward pass, eager with layers 1
+    and 2 beside it, and graph-replayed with them beside it: the same parameter
+    bits each time; the losses within loss_rtol (summed in another order)."""
+    with backend.capturable():
+        alone, h_alone, calls, _ = _train_beside(backend, monkeypatch, 1 << 40, optimizer, False)
+        assert calls == 0
+        beside, h_beside, calls, _ = _train_beside(backend, monkeypatch, 200, optimizer, False)
+    assert calls == 2 * 7 * 3                       # layers 1 and 2, 7 steps an epoch, 3 epochs
+    np.testing.assert_array_equal(beside, alone)
+    np.testing.assert_allclose(h_beside["loss"], h_alone["loss"], rtol=loss_rtol)
+    graphed, h_graph, _, trainer = _train_beside(backend, monkeypatch, 200, optimizer, True)
+    assert trainer.graphs_off_reason is None
+    np.testing.assert_array_equal(graphed, alone)
+    np.testing.assert_allclose(h_graph["loss"], h_alone["loss"], rtol=loss_rtol)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "nesterov"])
 def test_updates_beside_the_backward_pass_change_no_bit(monkeypatch, optimizer):
     """Layers 1 and 2 (4900 and 280 weights) updated as soon as their gradients
@@ -712,17 +729,7 @@ def test_updates_beside_the_backward_pass_change_no_bit(monkeypatch, optimizer):
 
     backend = emulated_backend()
     assert backend.overlap_layers([6, 70, 70, 4]) == []          # far below the default
-    with backend.capturable():
-        alone, h_alone, calls, _ = _train_beside(backend, monkeypatch, 1 << 40, optimizer, False)
-        assert calls == 0
-        beside, h_beside, calls, _ = _train_beside(backend, monkeypatch, 200, optimizer, False)
-    assert calls == 2 * 7 * 3                       # layers 1 and 2, 7 steps an epoch, 3 epochs
-    np.testing.assert_array_equal(beside, alone)
-    np.testing.assert_allclose(h_beside["loss"], h_alone["loss"], rtol=1e-12)
-    graphed, h_graph, _, trainer = _train_beside(backend, monkeypatch, 200, optimizer, True)
-    assert trainer.graphs_off_reason is None
-    np.testing.assert_array_equal(graphed, alone)
-    np.testing.assert_allclose(h_graph["loss"], h_alone["loss"], rtol=1e-12)
+    _check_updates_beside(backend, monkeypatch, optimizer, loss_rtol=1e-12)
 
 
 @requires_cupy
@@ -734,14 +741,4 @@ def test_updates_on_a_second_stream_change_no_bit_on_the_gpu(monkeypatch, optimi
     _needs_direct_gemm()
     backend = gpubp.get_backend("cupy")
     assert backend.overlap_layers([4096, 4096, 4096, 4096]) == [1, 2]
-    with backend.capturable():
-        alone, h_alone, calls, _ = _train_beside(backend, monkeypatch, 1 << 40, optimizer, False)
-        assert calls == 0
-        beside, h_beside, calls, _ = _train_beside(backend, monkeypatch, 200, optimizer, False)
-    assert calls == 2 * 7 * 3
-    np.testing.assert_array_equal(beside, alone)
-    np.testing.assert_allclose(h_beside["loss"], h_alone["loss"], rtol=1e-6)
-    graphed, h_graph, calls, trainer = _train_beside(backend, monkeypatch, 200, optimizer, True)
-    assert trainer.graphs_off_reason is None
-    np.testing.assert_array_equal(graphed, alone)
-    np.testing.assert_allclose(h_graph["loss"], h_alone["loss"], rtol=1e-6)
+    _check_updates_beside(backend, monkeypatch, optimizer, loss_rtol=1e-6)
