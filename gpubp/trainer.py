@@ -207,7 +207,8 @@ class Trainer:
         # An elementwise loss reads its targets' rows in place (no gathered copy).
         in_place = is_dense and self._kind != "softmax_ce"
         tb = None if in_place else self._persistent("tb", (m,) + targets.shape[1:], targets.dtype)
-        dense, labels = (targets if in_place else tb, None) if is_dense else (None, tb)
+        batch_targets = targets if in_place else tb
+        dense, labels = (batch_targets, None) if is_dense else (None, batch_targets)
         rows = (order, offset) if in_place else None
 
         def step():

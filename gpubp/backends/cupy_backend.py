@@ -214,9 +214,7 @@ class CupyBackend:
         self._kernels.function("dense_layer", f"dense_backward<{code}>")(
             (grid,), (self._DL_THREADS,),
             (delta, w, a, out, partial, np.int32(m), np.int32(K), np.int32(N)))
-        self._kernels.function("bias_grad", "bias_grad_finish<float>")(
-            ((K + 31) // 32,), (32, 32), (partial, db, np.int32(grid), np.int32(K)))
-        return db
+        return self._finish_column_sums(partial, db)
 
     def _softmax_rows(self, z, y, labels, delta, loss, scale, target):
         rows, k = z.shape
@@ -292,10 +290,7 @@ class CupyBackend:
             (grid_x, grid_y), (32, 8),
             (delta if err is None else err, delta if a is None else a, delta, partial,
              np.int32(rows), np.int32(cols)))
-        if grid_y > 1:
-            self._kernels.function("bias_grad", f"bias_grad_finish<{t}>")(
-                ((cols + 31) // 32,), (32, 32), (partial, db, np.int32(grid_y), np.int32(cols)))
-        return db
+        return db if grid_y == 1 else self._finish_column_sums(partial, db)
 
     def activation_backward_bias_grad(self, err, a, activation, out, db):
         """out = err * g'(a) and db = its column sums: for wide rows in one pass
@@ -318,10 +313,14 @@ class CupyBackend:
         partial = out if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
         self._kernels.function("bias_grad", f"bias_grad_partial<{t}>")(
             (grid_x, grid_y), (32, 8), (delta, partial, np.int32(rows), np.int32(cols)))
-        if grid_y > 1:
-            self._kernels.function("bias_grad", f"bias_grad_finish<{t}>")(
-                (grid_x,), (32, 32), (partial, out, np.int32(grid_y), np.int32(cols)))
-        return out
+        return out if grid_y == 1 else self._finish_column_sums(partial, out)
+
+    def _finish_column_sums(self, partial, db):
+        """db[j] = sum over the rows y of partial[y, j] (bias_grad_finish)."""
+        n, cols = partial.shape
+        self._kernels.function("bias_grad", f"bias_grad_finish<{self._t(db.dtype)}>")(
+            ((cols + 31) // 32,), (32, 32), (partial, db, np.int32(n), np.int32(cols)))
+        return db
 
     def _partial(self, n, cols, dtype):
         """The per-block-row sums of bias_grad (a work array: no allocation in a step)."""
