@@ -1,4 +1,4 @@
-"""Can Adam run beside the backward GEMMs? A probe, for one decision.
+"""Can Adam run beside the backward GEMMs? A probe, for two decisions.
 
 large's backward on an H100 is five TF32 GEMMs (about 470 µs each, bound by
 the tensor cores) and Adam over 50 M parameters (about 470 µs, bound by
@@ -9,12 +9,22 @@ products through gpubp.cublas):
 
   gemms     the five backward GEMMs alone (dW2, dX2, dW1, dX1, dW0)
   adam      Adam over the three 4096 x 4096 weight matrices alone
-  serial    dW2 dX2 A2 dW1 dX1 A1 dW0 A0, one stream (what gpubp does now)
-  overlap   the same, A2 and A1 forked onto a second stream (graph branches)
-  overlap-hi   overlap captured on a main stream of the highest priority
-               (CUDA's -5 on Hopper; the second stream keeps the default 0, the lowest)
+  serial    dW2 dX2 A2 dW1 dX1 A1 dW0 A0, one stream
+  overlap   the same, A2 and A1 beside the GEMMs on a second stream (graph
+            branches), as MLP._train_step does: backend.beside and rejoin
+and for each k of --reserve (CupyBackend._BESIDE_SMS = k):
+  gemms-k      the five GEMMs made for k SMs fewer (after an empty fork, so
+               that they are made as in the step, with work pending beside)
+  overlap-k    overlap with the GEMMs after the first fork made for k SMs fewer
+The first run (stop 10) found Adam hidden by 40 µs of 461 (TF32): cuBLAS's
+kernels fill every SM, and Adam's blocks wait for the gaps between them. It
+also timed the overlap captured on a stream of the highest priority, and found
+no difference: a graph runs at the priority of the stream it is launched into
+unless instantiated with cudaGraphInstantiateFlagUseNodePriority, which CuPy's
+graphs do not offer, so that variant measured nothing and is gone.
 
     PYTHONPATH=$PWD python3 benchmarks/overlap_probe.py [--precision float32] [--n 4096]
+        [--reserve 4,8,16,32]
 """
 
 import argparse
@@ -30,6 +40,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--precision", default="tf32")
 parser.add_argument("--n", type=int, default=4096)
 parser.add_argument("--repeat", type=int, default=20)
+parser.add_argument("--reserve", default="4,8,16,32", help="SM counts left to Adam, comma-separated")
 args = parser.parse_args()
 
 b = get_backend("cupy")
@@ -76,45 +87,33 @@ def serial():
     gemm_dw(2); gemm_dx(2); adam(2); gemm_dw(1); gemm_dx(1); adam(1); gemm_dw(0); adam(0)
 
 
-def overlapped(side):
-    def run():
-        main = cupy.cuda.get_current_stream()
-        joins = []
-
-        def fork(fn):
-            start = cupy.cuda.Event(disable_timing=True)
-            start.record(main)
-            side.wait_event(start)
-            with side:
-                fn()
-            done = cupy.cuda.Event(disable_timing=True)
-            done.record(side)
-            joins.append(done)
-
-        gemm_dw(2); gemm_dx(2); fork(lambda: adam(2))
-        gemm_dw(1); gemm_dx(1); fork(lambda: adam(1))
-        gemm_dw(0); adam(0)
-        for done in joins:
-            main.wait_event(done)
-    return run
+def overlapped():
+    gemm_dw(2); gemm_dx(2); b.beside(lambda: adam(2))
+    gemm_dw(1); gemm_dx(1); b.beside(lambda: adam(1))
+    gemm_dw(0); adam(0)
+    b.rejoin()
 
 
-side = cupy.cuda.Stream(non_blocking=True)
-variants = {
-    "gemms": gemms,
-    "adam": adams,
-    "serial": serial,
-    "overlap": overlapped(side),
-    "overlap-hi": overlapped(side),
-}
+def gemms_pending():
+    b.beside(lambda: None)          # work pending beside: the GEMMs are made as in the step
+    gemms()
+    b.rejoin()
+
+
+reserves = [int(k) for k in args.reserve.split(",") if k]
+variants = {"gemms": (gemms, 0), "adam": (adams, 0), "serial": (serial, 0),    # name: (fn, k)
+            "overlap": (overlapped, 0)}
+for k in reserves:
+    variants.update({f"gemms-{k}": (gemms_pending, k), f"overlap-{k}": (overlapped, k)})
 graphs = {}
-for name, fn in variants.items():
-    stream = (cupy.cuda.Stream(non_blocking=True, priority=-5) if name == "overlap-hi"
-              else b.new_stream())
+for name, (fn, reserve) in variants.items():
+    type(b)._BESIDE_SMS = reserve
+    stream = b.new_stream()
     with stream, b.capturable():
         fn()                                    # warm-up: compiles, workspaces
         stream.synchronize()
-        graphs[name] = capture(stream, fn)
+        graphs[name] = capture(stream, fn)      # the SM counts are fixed at capture
+type(b)._BESIDE_SMS = 0
 with b.new_stream(), b.capturable():
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     times = {name: [] for name in graphs}
@@ -128,10 +127,12 @@ with b.new_stream(), b.capturable():
             times[name].append(cupy.cuda.get_elapsed_time(start, end) * 1e3)
 
 med = {name: statistics.median(t) for name, t in times.items()}
-print(f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, n={n}, {p} products, "
-      f"medians of {args.repeat}")
+print(f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()} ({b._sms} SMs), n={n}, {p} "
+      f"products, medians of {args.repeat}")
 for name, us in med.items():
-    print(f"  {name:<12} {us:9.1f} µs   min {min(times[name]):9.1f}")
+    print(f"  {name:<15} {us:9.1f} µs   min {min(times[name]):9.1f}")
 print(f"  serial - gemms = {med['serial'] - med['gemms']:.1f} µs (adam alone {med['adam']:.1f});"
-      f" overlap - gemms = {med['overlap'] - med['gemms']:.1f}; overlap-hi - gemms = "
-      f"{med['overlap-hi'] - med['gemms']:.1f}")
+      f" overlap - gemms = {med['overlap'] - med['gemms']:.1f}")
+for k in reserves:
+    print(f"  k={k:<3} gemms-k - gemms = {med[f'gemms-{k}'] - med['gemms']:7.1f};"
+          f" overlap-k - gemms = {med[f'overlap-{k}'] - med['gemms']:7.1f}")

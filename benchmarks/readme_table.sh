@@ -4,9 +4,8 @@
 # 1. the GPU-critical tests (kernels against NumPy, graphs against eager, gpubp.cublas);
 # 2. gpubp bench --backend cupy (every GPU config, 30 repeats) and the TF32 large run;
 # 3. the kernel table (--kernels --quick) and where the large TF32 and narrow steps spend
-#    their time (--profile);
-# 4. the open experiment (benchmarks/NOTES.md, "The next session with a GPU"): small and TF32
-#    large with the packed column sums on a block row per 32 rows, beside the default.
+#    their time (--profile).
+# The open experiments are in benchmarks/experiments.sh, a call of their own before this one.
 # Each phase has its own limit; what finished lands in $OUT whatever comes after.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,14 +34,4 @@ timeout -k 5 40 "${GPUBP[@]}" bench --profile --backend cupy --config large --pr
     --repeat 10 2>/dev/null | tee "$OUT/profile.txt"
 timeout -k 5 30 "${GPUBP[@]}" bench --profile --backend cupy --config narrow --repeat 10 \
     2>/dev/null | tee -a "$OUT/profile.txt"
-for rows in 32 256; do
-    for run in "--config small" "--config large --precision tf32"; do
-        echo "_BG_BLOCK_ROWS=$rows $run" | tee -a "$OUT/experiment.txt"
-        # shellcheck disable=SC2086
-        timeout -k 5 45 python3 -c "import sys; from gpubp.backends.cupy_backend import \
-CupyBackend as C; C._BG_BLOCK_ROWS = $rows; from gpubp.__main__ import main; sys.exit(main())" \
-            bench --backend cupy $run --no-torch 2>/dev/null \
-            | grep -E "graph|floor-cupy" | tee -a "$OUT/experiment.txt"
-    done
-done
 exit 0

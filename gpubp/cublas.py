@@ -64,9 +64,10 @@ def declare(lib):
     lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
     lib.cublasGetStatusString.argtypes = [i]
     lib.cublasGetStatusString.restype = ctypes.c_char_p
+    lib.cublasSetSmCountTarget.argtypes = [vp, i]
     lib.cublasGemmEx.argtypes = [vp, i, i, i, i, i, vp, vp, i, i, vp, i, i, vp, vp, i, i, i, i]
     for name in ("cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2",
-                 "cublasSetWorkspace_v2", "cublasGemmEx"):
+                 "cublasSetWorkspace_v2", "cublasSetSmCountTarget", "cublasGemmEx"):
         getattr(lib, name).restype = i
     return lib
 
@@ -80,12 +81,14 @@ def _call(lib, name, *args):
 
 
 class Gemm:
-    """``gemm(a, b, out, transa=False, transb=False, precision="float32")``
+    """``gemm(a, b, out, transa=False, transb=False, precision="float32", sms=0)``
     writes ``op(a) @ op(b)`` into ``out`` on the current CuPy stream.
 
     a, b and out are C-contiguous CuPy arrays of one dtype (float32, or float64
     with precision "float32"); "tf32" runs float32 products on the tensor cores
-    in TF32 with float32 accumulation. ``lib`` is the cuBLAS library to call:
+    in TF32 with float32 accumulation. ``sms`` > 0 asks cuBLAS for a kernel
+    made for that many SMs (``cublasSetSmCountTarget``), leaving the others to
+    work on another stream; 0 is every SM. ``lib`` is the cuBLAS library to call:
     libcublas as :func:`library` loads it, unless given (the tests give a
     stand-in, with :func:`declare`'s signatures).
     """
@@ -101,6 +104,7 @@ class Gemm:
         self._workspace_bytes = workspace_bytes
         self._workspaces = {}   # stream pointer -> workspace; graphs captured with
         self._stream = None     # this Gemm hold these pointers: keep it alive with them
+        self._sms = 0           # the handle's SM count target (0: every SM)
         self._scalars = {t: (t(1.0), t(0.0)) for t in (ctypes.c_float, ctypes.c_double)}
 
     def _bind(self, stream):
@@ -110,10 +114,13 @@ class Gemm:
             ws = self._workspaces[stream] = self._cupy.empty(self._workspace_bytes, dtype=np.uint8)
         _call(self._lib, "cublasSetWorkspace_v2", self._handle, ws.data.ptr, self._workspace_bytes)
         self._stream = stream
+        self._sms = None        # set the SM count target again: cuBLAS does not say if it stays
 
-    def __call__(self, a, b, out, transa=False, transb=False, precision="float32"):
+    def __call__(self, a, b, out, transa=False, transb=False, precision="float32", sms=0):
         if self._handle is None:
             raise RuntimeError("this Gemm is closed")
+        if isinstance(sms, bool) or not (isinstance(sms, (int, np.integer)) and 0 <= sms < 2**31):
+            raise ValueError(f"sms must be an int >= 0 (0: every SM); got {sms!r}")
         mode = _MODES.get((out.dtype.name, precision))
         if mode is None:
             raise ValueError(f"no GEMM for dtype {out.dtype} with precision {precision!r}")
@@ -138,6 +145,9 @@ class Gemm:
         stream = self._cupy.cuda.get_current_stream().ptr
         if stream != self._stream:
             self._bind(stream)
+        if sms != self._sms:
+            _call(self._lib, "cublasSetSmCountTarget", self._handle, int(sms))
+            self._sms = int(sms)
         dtype, compute, scalar = mode
         one, zero = self._scalars[scalar]
         _call(self._lib, "cublasGemmEx",

@@ -548,11 +548,14 @@ class EmulatedCupyBackend(CupyBackend):
 
     # One stream of work here: what runs beside the backward pass runs in turn
     # (the tests check which ranges are updated when, and that the bits agree).
+    # What is pending is kept as on a GPU: the GEMMs made meanwhile ask for
+    # fewer SMs where _BESIDE_SMS is set.
     def beside(self, fn):
         fn()
+        self._local.pending = getattr(self._local, "pending", []) + [fn]
 
     def rejoin(self):
-        pass
+        self._local.pending = []
 
     def _direct_gemm(self):
         """gpubp.cublas.Gemm on the cuBLAS stand-in, or NumPy's products where
@@ -577,16 +580,17 @@ class EmulatedCupyBackend(CupyBackend):
         rounded = self._work(a, "gemm_a"), self._work(b, "gemm_b")
         capturable = getattr(self._local, "capturable", False)
         product = self._direct_gemm() if capturable else self._numpy_gemm
+        sms = self._gemm_sms()
 
         def run():
             x, y = round_to(np, a, "bf16", rounded[0]), round_to(np, b, "bf16", rounded[1])
-            product(x, y, out, transa=transa, transb=transb)
+            product(x, y, out, transa=transa, transb=transb, sms=sms)
 
         _launch(run)
         return out
 
     @staticmethod
-    def _numpy_gemm(a, b, out, transa=False, transb=False, precision="float32"):
+    def _numpy_gemm(a, b, out, transa=False, transb=False, precision="float32", sms=0):
         rounded = None if precision == "float32" else (np.empty_like(a), np.empty_like(b))
 
         def run():
@@ -604,8 +608,9 @@ class EmulatedCupyBackend(CupyBackend):
 def _on_host_arrays(gemm):
     """gpubp.cublas.Gemm on NumPy arrays, seen with CuPy's ``.data.ptr``."""
 
-    def call(a, b, out, transa=False, transb=False, precision="float32"):
-        gemm(host(a), host(b), host(out), transa=transa, transb=transb, precision=precision)
+    def call(a, b, out, transa=False, transb=False, precision="float32", sms=0):
+        gemm(host(a), host(b), host(out), transa=transa, transb=transb, precision=precision,
+             sms=sms)
         return out
 
     return call

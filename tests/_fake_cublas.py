@@ -41,7 +41,7 @@ class FakeGemmCall(ctypes.Structure):
                 + [("alpha", ctypes.c_double), ("beta", ctypes.c_double),
                    ("A", ctypes.c_void_p), ("B", ctypes.c_void_p), ("C", ctypes.c_void_p),
                    ("stream", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
-                   ("workspace_bytes", ctypes.c_size_t)])
+                   ("workspace_bytes", ctypes.c_size_t), ("sm_count_target", ctypes.c_int)])
 
 
 def _candidate_header_folders():

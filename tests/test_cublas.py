@@ -22,7 +22,8 @@ def _library_or_skip():
 
 def test_libcublas_is_found_and_bound():
     lib = _library_or_skip()
-    for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasGemmEx"):
+    for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
+                 "cublasSetSmCountTarget", "cublasGemmEx"):
         assert getattr(lib, name).restype is not None
     assert lib.cublasGetStatusString(0).decode().lower().startswith("success")
 
@@ -146,6 +147,34 @@ def test_gemm_sets_its_workspace_again_after_every_change_of_stream(rng, stand_i
     assert fake.allocations == 3                        # one workspace per stream, kept
 
 
+def test_gemm_asks_cublas_for_the_sm_count_it_is_given(rng, stand_in):
+    """``sms`` reaches cublasSetSmCountTarget before the GEMM it is given for
+    (0: every SM), set only when it changes and again after a change of stream;
+    the product is the same. A bad count never reaches cuBLAS."""
+    lib, fake, gemm = stand_in
+    a = host(rng.normal(size=(9, 6)).astype(np.float32))
+    b = host(rng.normal(size=(6, 4)).astype(np.float32))
+    out = host(np.empty((9, 4), np.float32))
+    exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    sets = lib.fake_cublas_sm_target_calls()
+    fake.stream = type(fake.stream)(ptr=0x10)
+    for sms, stream, sets_more in ((0, 0x10, 1), (120, 0x10, 1), (120, 0x10, 0), (0, 0x10, 1),
+                                   (0, 0x10, 0), (7, 0x20, 1), (7, 0x20, 0), (7, 0x10, 1)):
+        fake.stream = type(fake.stream)(ptr=stream)
+        out.fill(np.nan)
+        gemm(a, b, out, sms=sms)
+        assert max_rel_error(out, exact) < 1e-6
+        call = last_call(lib)
+        assert (call.sm_count_target, call.stream) == (sms, stream)
+        assert lib.fake_cublas_sm_target_calls() == sets + sets_more, (sms, stream)
+        sets += sets_more
+    calls = lib.fake_cublas_gemm_calls()
+    for bad in (-1, 1.5, True, 2**31, "8"):
+        with pytest.raises(ValueError, match="sms must be an int"):
+            gemm(a, b, out, sms=bad)
+    assert (lib.fake_cublas_gemm_calls(), lib.fake_cublas_sm_target_calls()) == (calls, sets)
+
+
 def test_the_stand_in_refuses_a_gemm_without_a_workspace(stand_in):
     """The stand-in's own check, which the test above relies on."""
     import ctypes
@@ -243,6 +272,44 @@ def test_gemm_captures_into_a_cuda_graph_and_replays(rng):
             graph.launch()
             stream.synchronize()
             assert max_rel_error(cupy.asnumpy(out), cupy.asnumpy(a) @ cupy.asnumpy(b)) < 1e-5
+
+
+@requires_cupy
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+def test_gemm_on_fewer_sms_equals_matmul_and_replays(rng, precision):
+    """A GEMM asked to leave SMs free (what runs beside the backward pass uses)
+    computes the same product, eagerly and replayed from a graph, and a GEMM
+    after it on every SM too."""
+    import cupy
+
+    gemm = cublas.Gemm()
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        a = cupy.asarray(rng.normal(size=(512, 384)).astype(np.float32))
+        b = cupy.asarray(rng.normal(size=(384, 256)).astype(np.float32))
+        few, every = cupy.empty((512, 256), np.float32), cupy.empty((512, 256), np.float32)
+
+        def both():
+            gemm(a, b, few, precision=precision, sms=max(1, sms - 16))
+            gemm(a, b, every, precision=precision)
+
+        both()
+        stream.synchronize()
+        expected = cupy.asnumpy(a).astype(np.float64) @ cupy.asnumpy(b).astype(np.float64)
+        for out in (few, every):
+            assert max_rel_error(cupy.asnumpy(out), expected) < TOL[("float32", precision)]
+        stream.begin_capture()
+        both()
+        graph = stream.end_capture()
+        a[...] = cupy.asarray(rng.normal(size=a.shape).astype(np.float32))
+        few.fill(np.nan)
+        every.fill(np.nan)
+        graph.launch()
+        stream.synchronize()
+        expected = cupy.asnumpy(a).astype(np.float64) @ cupy.asnumpy(b).astype(np.float64)
+        for out in (few, every):
+            assert max_rel_error(cupy.asnumpy(out), expected) < TOL[("float32", precision)]
 
 
 @requires_cupy

@@ -732,6 +732,62 @@ def test_updates_beside_the_backward_pass_change_no_bit(monkeypatch, optimizer):
     _check_updates_beside(backend, monkeypatch, optimizer, loss_rtol=1e-12)
 
 
+@pytest.mark.parametrize("precision", ["float32", "tf32", "bf16"])
+def test_gemms_leave_sms_to_the_updates_beside_them_while_these_run(monkeypatch, precision):
+    """With _BESIDE_SMS set, each GEMM made between the first update beside the
+    backward pass and the rejoin asks cuBLAS for that many SMs fewer than the
+    device has (never fewer than 1), every other GEMM for every SM; unset, none
+    asks. The stand-in computes the same products either way: the same bits."""
+    import _cuda_emulator
+    from _cuda_emulator import emulated_backend
+    from _fake_cublas import last_call
+
+    backend = emulated_backend(sms=8)
+    if _cuda_emulator.fake_cublas() is None:
+        pytest.skip("the cuBLAS stand-in cannot be built here")
+    log = []
+    real_gemm = _cuda_emulator._DeferredGemms.cublasGemmEx
+
+    def gemm(self, *args):
+        status = real_gemm(self, *args)
+        log.append(last_call(self._lib).sm_count_target)
+        return status
+
+    monkeypatch.setattr(_cuda_emulator._DeferredGemms, "cublasGemmEx", gemm)
+    real_beside, real_rejoin = backend.beside, backend.rejoin
+    monkeypatch.setattr(backend, "beside", lambda fn: (log.append("beside"), real_beside(fn)))
+    monkeypatch.setattr(backend, "rejoin", lambda: (log.append("rejoin"), real_rejoin()))
+    monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", 200)
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(64, 6)).astype(np.float32), rng.integers(0, 4, size=64)
+    params = {}
+    for reserve in (0, 3, 20):
+        monkeypatch.setattr(type(backend), "_BESIDE_SMS", reserve)
+        log.clear()
+        model = gpubp.MLP([6, 70, 70, 4], activation="tanh", backend=backend, seed=2,
+                          precision=precision)
+        trainer = gpubp.Trainer(model, optimizer=gpubp.optim.Adam(1e-2), batch_size=16, seed=3,
+                                cuda_graphs=False)
+        with backend.capturable():                   # every product through gpubp.cublas
+            trainer.fit(X, y, epochs=1)
+        params[reserve] = backend.to_numpy(model.params)
+        steps = [[]]
+        for entry in log:
+            steps[-1].append(entry)
+            if entry == "rejoin":
+                steps.append([])
+        assert steps.pop() == [] and len(steps) == 4
+        fewer = {0: 0, 3: 8 - 3, 20: 1}[reserve]
+        for step in steps:
+            first = step.index("beside")
+            assert step.count("beside") == 2 and step[-1] == "rejoin"
+            before, during = step[:first], [e for e in step[first:-1] if e != "beside"]
+            assert len(before) >= 3 and len(during) >= 2     # the forward and dW2, dX2; dW1...
+            assert set(before) == {0} and set(during) == {fewer}
+    np.testing.assert_array_equal(params[3], params[0])
+    np.testing.assert_array_equal(params[20], params[0])
+
+
 @requires_cupy
 @pytest.mark.parametrize("optimizer", ["adamw", "nesterov"])
 def test_updates_on_a_second_stream_change_no_bit_on_the_gpu(monkeypatch, optimizer):
@@ -742,3 +798,19 @@ def test_updates_on_a_second_stream_change_no_bit_on_the_gpu(monkeypatch, optimi
     backend = gpubp.get_backend("cupy")
     assert backend.overlap_layers([4096, 4096, 4096, 4096]) == [1, 2]
     _check_updates_beside(backend, monkeypatch, optimizer, loss_rtol=1e-6)
+
+
+@requires_cupy
+def test_gemms_made_for_fewer_sms_on_the_gpu(monkeypatch):
+    """GEMMs made for 16 SMs fewer while the updates run beside them, on a GPU
+    and graph-replayed: cuBLAS may pick other kernels, so the parameters agree
+    with those of GEMMs on every SM within float32 rounding."""
+    _needs_direct_gemm()
+    backend = gpubp.get_backend("cupy")
+    base, h_base, _, trainer = _train_beside(backend, monkeypatch, 200, "nesterov", True)
+    assert trainer.graphs_off_reason is None
+    monkeypatch.setattr(type(backend), "_BESIDE_SMS", 16)
+    fewer, h_fewer, _, trainer = _train_beside(backend, monkeypatch, 200, "nesterov", True)
+    assert trainer.graphs_off_reason is None
+    np.testing.assert_allclose(fewer, base, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_fewer["loss"], h_base["loss"], rtol=1e-5)

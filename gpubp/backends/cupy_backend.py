@@ -83,10 +83,11 @@ class CupyBackend:
             raise BackendUnavailableError(
                 f"precision {precision!r} or CUDA-graph capture needs cuBLAS: {self.gemm_problem}")
         if precision == "tf32":
-            return gemm(a, b, out, transa=transa, transb=transb, precision="tf32")
+            return gemm(a, b, out, transa=transa, transb=transb, precision="tf32",
+                        sms=self._gemm_sms())
         a, b = round_operands(self.xp, self._work, a, b, precision)
         if gemm is not None:
-            return gemm(a, b, out, transa=transa, transb=transb)
+            return gemm(a, b, out, transa=transa, transb=transb, sms=self._gemm_sms())
         return self._cupy.matmul(a.T if transa else a, b.T if transb else b, out=out)
 
     @contextlib.contextmanager
@@ -365,6 +366,24 @@ class CupyBackend:
     # TF32 graph step about 62 µs; a layer of 1024 x 1024 (medium) would save less
     # than its extra launches cost (not measured).
     _OVERLAP_MIN_WEIGHTS = 1 << 22
+
+    # SMs the GEMMs leave to the updates beside them. On an H100, Adam beside
+    # the backward GEMMs hid 40 of its 461 µs (TF32) and 165 of 486 (float32)
+    # in the probe: cuBLAS's kernels fill every SM, so Adam's blocks find room
+    # only between them. While updates run beside the backward pass, the GEMMs
+    # then ask cuBLAS for kernels made for this many SMs fewer
+    # (cublasSetSmCountTarget), so that Adam's blocks get SMs of their own
+    # throughout. 0: every SM, as measured so far; a count other than 0 is to
+    # be measured first (benchmarks/overlap_probe.py --reserve, and
+    # benchmarks/NOTES.md, "The next session with a GPU").
+    _BESIDE_SMS = 0
+
+    def _gemm_sms(self):
+        """The SM count the next GEMM is made for: 0 (every SM), or
+        _BESIDE_SMS fewer than the device has while updates run beside."""
+        if self._BESIDE_SMS and getattr(self._local, "pending", None):
+            return max(1, self._sms - self._BESIDE_SMS)
+        return 0
 
     def overlap_layers(self, layer_sizes):
         """The layers, past the first, with at least _OVERLAP_MIN_WEIGHTS weights."""

@@ -17,6 +17,8 @@
  * GEMM would then allocate from that pool, which a CUDA graph capture cannot
  * do: the stand-in refuses a GEMM until a workspace is set again, which holds
  * gpubp.cublas to setting it after every change of stream.
+ * cublasSetSmCountTarget keeps its value on the handle (0: every SM; cuBLAS
+ * refuses a negative one), and each GEMM records the value it ran under.
  * fake_cublas_last() tells the tests what the last GEMM was called with, and
  * fake_cublas_problem() why the last call was refused. With fake_cublas_defer(1)
  * a GEMM checks its arguments and records them without computing: the CPU
@@ -38,6 +40,7 @@ struct cublasContext {
     cudaStream_t stream;
     void* workspace;
     size_t workspace_bytes;
+    int sm_count_target;
 };
 
 typedef struct {
@@ -49,15 +52,17 @@ typedef struct {
     void* stream;
     void* workspace;
     size_t workspace_bytes;
+    int sm_count_target;
 } FakeGemmCall;
 
 static FakeGemmCall last;
 static const char* problem = "";
-static int gemm_calls, products, live_handles, fail_next, defer;
+static int gemm_calls, products, live_handles, fail_next, defer, sm_target_calls;
 
 const FakeGemmCall* fake_cublas_last(void) { return &last; }
 const char* fake_cublas_problem(void) { return problem; }
 int fake_cublas_gemm_calls(void) { return gemm_calls; }
+int fake_cublas_sm_target_calls(void) { return sm_target_calls; }
 int fake_cublas_products(void) { return products; }
 int fake_cublas_live_handles(void) { return live_handles; }
 void fake_cublas_fail_next(int status) { fail_next = status; }
@@ -116,6 +121,14 @@ cublasStatus_t CUBLASWINAPI cublasSetWorkspace_v2(cublasHandle_t handle, void* w
         return refuse(CUBLAS_STATUS_INVALID_VALUE, "cublasSetWorkspace: NULL workspace of non-zero size");
     handle->workspace = workspace;
     handle->workspace_bytes = workspaceSizeInBytes;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t CUBLASWINAPI cublasSetSmCountTarget(cublasHandle_t handle, int smCountTarget) {
+    if (!valid(handle)) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, "cublasSetSmCountTarget: not a live handle");
+    if (smCountTarget < 0) return refuse(CUBLAS_STATUS_INVALID_VALUE, "cublasSetSmCountTarget: a negative count");
+    handle->sm_count_target = smCountTarget;
+    sm_target_calls++;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -205,7 +218,8 @@ cublasStatus_t CUBLASWINAPI cublasGemmEx(cublasHandle_t handle, cublasOperation_
     last = (FakeGemmCall){transa, transb, m, n, k, lda, ldb, ldc, Atype, Btype, Ctype, computeType,
                           algo, single ? *(const float*)alpha : *(const double*)alpha,
                           single ? *(const float*)beta : *(const double*)beta,
-                          A, B, C, handle->stream, handle->workspace, handle->workspace_bytes};
+                          A, B, C, handle->stream, handle->workspace, handle->workspace_bytes,
+                          handle->sm_count_target};
     gemm_calls++;
     problem = "";
     if (!defer) fake_cublas_compute(&last);

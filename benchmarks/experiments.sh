@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The open experiments of benchmarks/NOTES.md ("The next session with a GPU"), in one call of
+# the device tool, before benchmarks/readme_table.sh:
+#   run: bash benchmarks/experiments.sh      (timeout_s 360; kind nvidia-h100-x1; 150 to 345 s)
+# 1. Adam beside the backward GEMMs with the GEMMs made for k SMs fewer (overlap_probe.py),
+#    TF32 and float32;
+# 2. the large graph step with CupyBackend._BESIDE_SMS = k, beside the floor, TF32 and float32;
+# 3. the packed column sums on a block row per 32 rows against 256 (_BG_BLOCK_ROWS), small and
+#    TF32 large.
+# Each phase has its own limit; what finished lands in $OUT/experiments.txt whatever comes after.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/gpubp-experiments}"
+mkdir -p "$OUT"
+LOG="$OUT/experiments.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOG"
+phase() {       # phase SECONDS COMMAND...: echo it, run it under a limit, keep its output
+    local limit=$1
+    shift
+    echo "# $*" | tee -a "$LOG"
+    timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$LOG"
+}
+phase 60 python3 benchmarks/overlap_probe.py --precision tf32 --reserve 4,8,16,32
+phase 60 python3 benchmarks/overlap_probe.py --precision float32 --reserve 8,16,32
+phase 90 python3 benchmarks/knob_sweep.py --knob _BESIDE_SMS --values 0,8,16,32 \
+    --config large --precision tf32
+phase 60 python3 benchmarks/knob_sweep.py --knob _BESIDE_SMS --values 0,8,16 \
+    --config large --precision float32
+phase 30 python3 benchmarks/knob_sweep.py --knob _BG_BLOCK_ROWS --values 256,32 \
+    --config small --precision float32 --repeat 50
+phase 45 python3 benchmarks/knob_sweep.py --knob _BG_BLOCK_ROWS --values 256,32 \
+    --config large --precision tf32
+exit 0
