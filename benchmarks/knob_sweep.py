@@ -7,8 +7,8 @@ beside them the floor (the step's GEMMs alone on random operands, the suite's
 drift alike; medians of CUDA events over the rounds, and each step over the
 floor. The settings it is for:
 
-  _BESIDE_SMS     SMs the GEMMs leave to the updates beside the backward pass
-                  (0: every SM, what main does)
+  _BESIDE_SMS     SMs the GEMMs leave to the updates beside the backward pass,
+                  set for --precision (0: every SM, what main does)
   _BG_BLOCK_ROWS  rows per block row of the packed column sums (256 in main)
 
     PYTHONPATH=$PWD python3 benchmarks/knob_sweep.py --knob _BESIDE_SMS --values 0,8,16,32 \
@@ -37,7 +37,8 @@ config = CONFIGS[args.config]
 default = getattr(Backend, args.knob)
 subjects = {}
 for value in [int(v) for v in args.values.split(",") if v]:
-    setattr(Backend, args.knob, value)      # read when the step is captured
+    # read when the step is captured; _BESIDE_SMS is per precision
+    setattr(Backend, args.knob, {args.precision: value} if args.knob == "_BESIDE_SMS" else value)
     subjects[f"step, {value}"] = GpubpWorkload(config, backend, config.epoch_batches,
                                                args.precision, graphs=True).step
 setattr(Backend, args.knob, default)

@@ -12,7 +12,7 @@ products through gpubp.cublas):
   serial    dW2 dX2 A2 dW1 dX1 A1 dW0 A0, one stream
   overlap   the same, A2 and A1 beside the GEMMs on a second stream (graph
             branches), as MLP._train_step does: backend.beside and rejoin
-and for each k of --reserve (CupyBackend._BESIDE_SMS = k):
+and for each k of --reserve (CupyBackend._BESIDE_SMS = {precision: k}):
   gemms-k      the five GEMMs made for k SMs fewer (after an empty fork, so
                that they are made as in the step, with work pending beside)
   overlap-k    overlap with the GEMMs after the first fork made for k SMs fewer
@@ -107,13 +107,13 @@ for k in reserves:
     variants.update({f"gemms-{k}": (gemms_pending, k), f"overlap-{k}": (overlapped, k)})
 graphs = {}
 for name, (fn, reserve) in variants.items():
-    type(b)._BESIDE_SMS = reserve
+    type(b)._BESIDE_SMS = {p: reserve}
     stream = b.new_stream()
     with stream, b.capturable():
         fn()                                    # warm-up: compiles, workspaces
         stream.synchronize()
         graphs[name] = capture(stream, fn)      # the SM counts are fixed at capture
-type(b)._BESIDE_SMS = 0
+type(b)._BESIDE_SMS = {}
 with b.new_stream(), b.capturable():
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     times = {name: [] for name in graphs}

@@ -580,7 +580,7 @@ class EmulatedCupyBackend(CupyBackend):
         rounded = self._work(a, "gemm_a"), self._work(b, "gemm_b")
         capturable = getattr(self._local, "capturable", False)
         product = self._direct_gemm() if capturable else self._numpy_gemm
-        sms = self._gemm_sms()
+        sms = self._gemm_sms(precision)
 
         def run():
             x, y = round_to(np, a, "bf16", rounded[0]), round_to(np, b, "bf16", rounded[1])

@@ -734,10 +734,11 @@ def test_updates_beside_the_backward_pass_change_no_bit(monkeypatch, optimizer):
 
 @pytest.mark.parametrize("precision", ["float32", "tf32", "bf16"])
 def test_gemms_leave_sms_to_the_updates_beside_them_while_these_run(monkeypatch, precision):
-    """With _BESIDE_SMS set, each GEMM made between the first update beside the
-    backward pass and the rejoin asks cuBLAS for that many SMs fewer than the
-    device has (never fewer than 1), every other GEMM for every SM; unset, none
-    asks. The stand-in computes the same products either way: the same bits."""
+    """With _BESIDE_SMS set for the model's precision, each GEMM made between
+    the first update beside the backward pass and the rejoin asks cuBLAS for
+    that many SMs fewer than the device has (never fewer than 1), every other
+    GEMM for every SM; with 0, none asks, whatever the other precisions' counts.
+    The stand-in computes the same products either way: the same bits."""
     import _cuda_emulator
     from _cuda_emulator import emulated_backend
     from _fake_cublas import last_call
@@ -762,7 +763,8 @@ def test_gemms_leave_sms_to_the_updates_beside_them_while_these_run(monkeypatch,
     X, y = rng.normal(size=(64, 6)).astype(np.float32), rng.integers(0, 4, size=64)
     params = {}
     for reserve in (0, 3, 20):
-        monkeypatch.setattr(type(backend), "_BESIDE_SMS", reserve)
+        others = {p: 5 for p in ("float32", "tf32", "bf16") if p != precision}   # not read here
+        monkeypatch.setattr(type(backend), "_BESIDE_SMS", {precision: reserve, **others})
         log.clear()
         model = gpubp.MLP([6, 70, 70, 4], activation="tanh", backend=backend, seed=2,
                           precision=precision)
@@ -809,7 +811,7 @@ def test_gemms_made_for_fewer_sms_on_the_gpu(monkeypatch):
     backend = gpubp.get_backend("cupy")
     base, h_base, _, trainer = _train_beside(backend, monkeypatch, 200, "nesterov", True)
     assert trainer.graphs_off_reason is None
-    monkeypatch.setattr(type(backend), "_BESIDE_SMS", 16)
+    monkeypatch.setattr(type(backend), "_BESIDE_SMS", {"float32": 16})
     fewer, h_fewer, _, trainer = _train_beside(backend, monkeypatch, 200, "nesterov", True)
     assert trainer.graphs_off_reason is None
     np.testing.assert_allclose(fewer, base, rtol=1e-5, atol=1e-6)

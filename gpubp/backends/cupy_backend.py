@@ -84,10 +84,10 @@ class CupyBackend:
                 f"precision {precision!r} or CUDA-graph capture needs cuBLAS: {self.gemm_problem}")
         if precision == "tf32":
             return gemm(a, b, out, transa=transa, transb=transb, precision="tf32",
-                        sms=self._gemm_sms())
+                        sms=self._gemm_sms("tf32"))
         a, b = round_operands(self.xp, self._work, a, b, precision)
         if gemm is not None:
-            return gemm(a, b, out, transa=transa, transb=transb, sms=self._gemm_sms())
+            return gemm(a, b, out, transa=transa, transb=transb, sms=self._gemm_sms(precision))
         return self._cupy.matmul(a.T if transa else a, b.T if transb else b, out=out)
 
     @contextlib.contextmanager
@@ -367,22 +367,24 @@ class CupyBackend:
     # than its extra launches cost (not measured).
     _OVERLAP_MIN_WEIGHTS = 1 << 22
 
-    # SMs the GEMMs leave to the updates beside them. On an H100, Adam beside
-    # the backward GEMMs hid 40 of its 461 µs (TF32) and 165 of 486 (float32)
-    # in the probe: cuBLAS's kernels fill every SM, so Adam's blocks find room
-    # only between them. While updates run beside the backward pass, the GEMMs
-    # then ask cuBLAS for kernels made for this many SMs fewer
-    # (cublasSetSmCountTarget), so that Adam's blocks get SMs of their own
-    # throughout. 0: every SM, as measured so far; a count other than 0 is to
-    # be measured first (benchmarks/overlap_probe.py --reserve, and
-    # benchmarks/NOTES.md, "The next session with a GPU").
-    _BESIDE_SMS = 0
+    # SMs the GEMMs leave to the updates beside them, per precision of the
+    # products. On an H100, Adam beside the backward GEMMs hid 40 of its 461 µs
+    # (TF32) and 165 of 486 (float32) in the probe: cuBLAS's kernels fill every
+    # SM, so Adam's blocks find room only between them. While updates run
+    # beside the backward pass, the GEMMs then ask cuBLAS for kernels made for
+    # this many SMs fewer (cublasSetSmCountTarget), so that Adam's blocks get
+    # SMs of their own throughout. A precision not named here: every SM, as
+    # measured so far. A count is to be measured first (benchmarks/experiments.sh,
+    # and benchmarks/NOTES.md, "The next session with a GPU").
+    _BESIDE_SMS = {}
 
-    def _gemm_sms(self):
-        """The SM count the next GEMM is made for: 0 (every SM), or
-        _BESIDE_SMS fewer than the device has while updates run beside."""
-        if self._BESIDE_SMS and getattr(self._local, "pending", None):
-            return max(1, self._sms - self._BESIDE_SMS)
+    def _gemm_sms(self, precision):
+        """The SM count the next GEMM in ``precision`` is made for: 0 (every
+        SM), or _BESIDE_SMS[precision] fewer than the device has while updates
+        run beside the backward pass."""
+        fewer = self._BESIDE_SMS.get(precision, 0)
+        if fewer and getattr(self._local, "pending", None):
+            return max(1, self._sms - fewer)
         return 0
 
     def overlap_layers(self, layer_sizes):
