@@ -8,6 +8,7 @@ import numbers
 import os
 import uuid
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -217,24 +218,47 @@ class MLP:
         offset + m]``, read in place by the loss. ``ready(layer)`` is called
         once a layer's gradients are final and its weights read no more.
         """
-        m = X.shape[0]
+        m, backend, top = X.shape[0], self.backend, self.n_layers - 1
+        # Layers whose per-element backward work runs beside their GEMMs (on a
+        # GPU, where asked: CupyBackend._BACKWARD_BESIDE); the same kernels, so the same bits.
+        split = backend.backward_beside(self.layer_sizes)
         logits = self._forward(X, bufs)
         delta = bufs.deltas[self.n_layers]
         self._output_delta(logits, dense, labels, kind, delta, loss_acc, 1.0 / m, rows)
-        self.backend.bias_grad(delta, out=self.grad_biases[-1])
+        sums = below = None                 # tokens of work beside: output bias sums, next delta
+        if top in split:
+            sums = backend.beside(partial(backend.bias_grad, delta, out=self.grad_biases[-1]),
+                                  lane="backward")
+        else:
+            backend.bias_grad(delta, out=self.grad_biases[-1])
         for layer in reversed(range(self.n_layers)):
+            if below is not None:           # this layer's delta, made beside the layer above
+                backend.join(below)
+                below = None
             a_prev = X if layer == 0 else bufs.acts[layer]
-            self.backend.matmul(a_prev, delta, out=self.grad_weights[layer], transa=True,
-                                precision=self.precision)
-            if l2 and ready is not None:    # layer by layer: its update may start at once
-                self.backend.l2_penalty(self.weights[layer], self.grad_weights[layer], loss_acc,
-                                        l2, m)
-            if layer > 0:                   # the delta of the hidden layer below, its db
+            if layer > 0 and layer in split:
+                # the error product first, then the delta of the layer below
+                # and its db beside the product for this layer's dW
                 err = bufs.deltas[layer]
-                self.backend.dense_backward(delta, self.weights[layer], a_prev, self.activation,
-                                            out=err, db=self.grad_biases[layer - 1],
-                                            precision=self.precision)
+                backend.matmul(delta, self.weights[layer], out=err, transb=True,
+                               precision=self.precision)
+                below = backend.beside(
+                    partial(backend.activation_backward_bias_grad, err, a_prev, self.activation,
+                            out=err, db=self.grad_biases[layer - 1]), lane="backward")
+            backend.matmul(a_prev, delta, out=self.grad_weights[layer], transa=True,
+                           precision=self.precision)
+            if l2 and ready is not None:    # layer by layer: its update may start at once
+                backend.l2_penalty(self.weights[layer], self.grad_weights[layer], loss_acc, l2, m)
+            if layer > 0 and below is None:     # the delta of the hidden layer below, its db
+                err = bufs.deltas[layer]
+                backend.dense_backward(delta, self.weights[layer], a_prev, self.activation,
+                                       out=err, db=self.grad_biases[layer - 1],
+                                       precision=self.precision)
+            if layer > 0:
                 delta = err
+            if sums is not None and layer == top:   # the output layer's db, final
+                backend.join(sums)
+                sums = None
             if ready is not None:
                 ready(layer)
         if l2 and ready is None:

@@ -550,9 +550,14 @@ class EmulatedCupyBackend(CupyBackend):
     # (the tests check which ranges are updated when, and that the bits agree).
     # What is pending is kept as on a GPU: the GEMMs made meanwhile ask for
     # fewer SMs where _BESIDE_SMS is set.
-    def beside(self, fn):
+    def beside(self, fn, lane="updates"):
         fn()
-        self._local.pending = getattr(self._local, "pending", []) + [fn]
+        token = object()
+        self._local.pending = getattr(self._local, "pending", []) + [token]
+        return token
+
+    def join(self, token):
+        self._local.pending.remove(token)
 
     def rejoin(self):
         self._local.pending = []

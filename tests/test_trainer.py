@@ -684,13 +684,14 @@ def test_layer_ranges_and_their_gaps_cover_the_flat_buffer():
 
 def _train_beside(backend, monkeypatch, min_weights, optimizer, cuda_graphs, rng_seed=0):
     """[6, 70, 70, 4] for 3 epochs, the update of layers of at least
-    ``min_weights`` weights run beside the backward pass; records the ranges."""
+    ``min_weights`` weights run beside the backward pass; counts those updates."""
     rng = np.random.default_rng(rng_seed)
     X, y = rng.normal(size=(100, 6)).astype(np.float32), rng.integers(0, 4, size=100)
     monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", min_weights)
     beside_calls = []
     real = backend.beside
-    monkeypatch.setattr(backend, "beside", lambda fn: (beside_calls.append(1), real(fn)))
+    monkeypatch.setattr(backend, "beside", lambda fn, lane="updates": (
+        lane == "updates" and beside_calls.append(1), real(fn, lane))[1])
     model = gpubp.MLP([6, 70, 70, 4], activation="tanh", backend=backend, seed=2)
     opt = (gpubp.optim.AdamW(1e-2) if optimizer == "adamw"
            else gpubp.optim.SGD(0.05, momentum=0.9, nesterov=True))
@@ -790,6 +791,80 @@ def test_gemms_leave_sms_to_the_updates_beside_them_while_these_run(monkeypatch,
     np.testing.assert_array_equal(params[20], params[0])
 
 
+def _log_backward_order(backend, monkeypatch, log):
+    """Record, in order, the products (fwd, dX, dW), the work beside and the
+    joins of a step: the calls the model makes, not those inside them."""
+    depth = [0]
+
+    def wrap(name, label):
+        real = getattr(backend, name)
+
+        def call(*args, **kwargs):
+            if depth[0] == 0:
+                what = label(args, kwargs) if callable(label) else label
+                log.append(what)
+            depth[0] += 1
+            try:
+                return real(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        monkeypatch.setattr(backend, name, call)
+
+    wrap("matmul", lambda a, k: "dW" if k.get("transa") else "dX" if k.get("transb") else "fwd")
+    wrap("bias_grad", "bias_grad")
+    wrap("activation_backward_bias_grad", "act_bwd_bias")
+    wrap("dense_backward", "dense_backward")
+    real_beside, real_join, real_rejoin = backend.beside, backend.join, backend.rejoin
+    monkeypatch.setattr(backend, "beside", lambda fn, lane="updates": (
+        log.append(f"beside:{lane}"), real_beside(fn, lane))[1])
+    monkeypatch.setattr(backend, "join", lambda token: (log.append("join"), real_join(token)))
+    monkeypatch.setattr(backend, "rejoin", lambda: (log.append("rejoin"), real_rejoin()))
+
+
+def test_backward_work_beside_its_gemms_changes_no_bit(monkeypatch):
+    """With _BACKWARD_BESIDE on, each large layer's error product runs first,
+    and the delta of the layer below (with its bias sums) beside the product
+    for its dW; the output layer's bias sums beside its products, joined
+    before its update starts. Eager and graph-replayed, the parameters end bit
+    for bit where the plain order leaves them. Emulated: one stream, the order
+    is what is tested; the products made while the work runs beside ask for
+    fewer SMs where _BESIDE_SMS is set."""
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend(sms=8)
+    with backend.capturable():
+        alone, h_alone, _, _ = _train_beside(backend, monkeypatch, 1 << 40, "adamw", False)
+    results = []
+    for graphs in (False, True):
+        monkeypatch.setattr(type(backend), "_BACKWARD_BESIDE", True)
+        assert backend.backward_beside([6, 70, 70, 4]) == []             # far below the default
+        with backend.capturable():
+            results.append(_train_beside(backend, monkeypatch, 200, "adamw", graphs))
+    for params, history, calls, trainer in results:
+        assert trainer.graphs_off_reason is None
+        np.testing.assert_array_equal(params, alone)
+        np.testing.assert_allclose(history["loss"], h_alone["loss"], rtol=1e-12)
+
+    log = []
+    monkeypatch.setattr(type(backend), "_BACKWARD_BESIDE", True)
+    monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", 200)
+    assert backend.backward_beside([6, 70, 70, 4]) == [0, 1, 2]
+    _log_backward_order(backend, monkeypatch, log)
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(16, 6)).astype(np.float32), rng.integers(0, 4, size=16)
+    model = gpubp.MLP([6, 70, 70, 4], activation="tanh", backend=backend, seed=2)
+    gpubp.Trainer(model, optimizer=gpubp.optim.Adam(1e-2), batch_size=16, seed=3,
+                  cuda_graphs=False).fit(X, y, epochs=1)
+    assert log == ["fwd", "fwd", "fwd",
+                   "beside:backward", "bias_grad",                       # the output layer's db
+                   "dX", "beside:backward", "act_bwd_bias", "dW",        # layer 2
+                   "join", "beside:updates",                             # its db; its update
+                   "join", "dX", "beside:backward", "act_bwd_bias", "dW",  # layer 1
+                   "beside:updates",
+                   "join", "dW",                                         # layer 0
+                   "rejoin"]
+
+
 @requires_cupy
 @pytest.mark.parametrize("optimizer", ["adamw", "nesterov"])
 def test_updates_on_a_second_stream_change_no_bit_on_the_gpu(monkeypatch, optimizer):
@@ -800,6 +875,24 @@ def test_updates_on_a_second_stream_change_no_bit_on_the_gpu(monkeypatch, optimi
     backend = gpubp.get_backend("cupy")
     assert backend.overlap_layers([4096, 4096, 4096, 4096]) == [1, 2]
     _check_updates_beside(backend, monkeypatch, optimizer, loss_rtol=1e-6)
+
+
+@requires_cupy
+def test_backward_work_beside_its_gemms_changes_no_bit_on_the_gpu(monkeypatch):
+    """_BACKWARD_BESIDE on a GPU: the deltas and bias sums on a third stream,
+    beside the products for dW (branches of the captured graph). Eager and
+    graph-replayed, the parameters end bit for bit where the plain order leaves them."""
+    _needs_direct_gemm()
+    backend = gpubp.get_backend("cupy")
+    with backend.capturable():
+        alone, h_alone, _, _ = _train_beside(backend, monkeypatch, 1 << 40, "adamw", False)
+    for graphs in (False, True):
+        monkeypatch.setattr(type(backend), "_BACKWARD_BESIDE", True)
+        with backend.capturable():
+            params, history, _, trainer = _train_beside(backend, monkeypatch, 200, "adamw", graphs)
+        assert trainer.graphs_off_reason is None
+        np.testing.assert_array_equal(params, alone)
+        np.testing.assert_allclose(history["loss"], h_alone["loss"], rtol=1e-6)
 
 
 @requires_cupy

@@ -392,17 +392,38 @@ class CupyBackend:
         return [layer for layer in range(1, len(layer_sizes) - 1)
                 if layer_sizes[layer] * layer_sizes[layer + 1] >= self._OVERLAP_MIN_WEIGHTS]
 
-    def beside(self, fn):
-        """Run fn's launches on this thread's second stream, after all work
-        queued so far on the current stream, and beside whatever is queued
-        there next; ``rejoin`` makes the current stream wait for them. Inside
-        a stream capture the second stream joins the graph as a branch."""
+    # The per-element work of the backward pass beside its GEMMs (off: not yet
+    # measured; benchmarks/NOTES.md, "The sixth session"). For each layer in
+    # backward_beside, the error product through its weights runs first, and
+    # the delta of the layer below (with its bias sums) beside the product
+    # for its weight gradient; the output layer's bias sums beside its products.
+    # It gains only where the GEMMs leave SMs free (_BESIDE_SMS).
+    _BACKWARD_BESIDE = False
+
+    def backward_beside(self, layer_sizes):
+        """The layers with at least _OVERLAP_MIN_WEIGHTS weights, where
+        _BACKWARD_BESIDE is on (MLP._backprop)."""
+        if not self._BACKWARD_BESIDE:
+            return []
+        return [layer for layer in range(len(layer_sizes) - 1)
+                if layer_sizes[layer] * layer_sizes[layer + 1] >= self._OVERLAP_MIN_WEIGHTS]
+
+    def beside(self, fn, lane="updates"):
+        """Run fn's launches on this thread's stream for ``lane`` (one per lane:
+        "updates", "backward"), after all work queued so far on the current
+        stream, and beside whatever is queued there next. Returns a token:
+        ``join(token)`` makes the current stream wait for that work, ``rejoin``
+        for all of it. Inside a stream capture the lane's stream joins the
+        graph as a branch."""
         cuda = self._cupy.cuda
         main = cuda.get_current_stream()
-        side = getattr(self._local, "side", None)
-        if side is None:
-            side = self._local.side = self.new_stream()
+        sides = getattr(self._local, "sides", None)
+        if sides is None:
+            sides = self._local.sides = {}
             self._local.pending = []
+        side = sides.get(lane)
+        if side is None:
+            side = sides[lane] = self.new_stream()
         start = cuda.Event(disable_timing=True)
         start.record(main)
         side.wait_event(start)
@@ -411,6 +432,12 @@ class CupyBackend:
         done = cuda.Event(disable_timing=True)
         done.record(side)
         self._local.pending.append(done)
+        return done
+
+    def join(self, token):
+        """The current stream waits for the work ``beside`` returned ``token`` for."""
+        self._cupy.cuda.get_current_stream().wait_event(token)
+        self._local.pending.remove(token)
 
     def rejoin(self):
         """The current stream waits for everything run ``beside`` it."""

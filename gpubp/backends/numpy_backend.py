@@ -301,8 +301,16 @@ class NumpyBackend:
         pass: none on the CPU (one stream of work)."""
         return []
 
-    def beside(self, fn):
+    def backward_beside(self, layer_sizes):
+        """The layers whose per-element backward work MLP._backprop runs beside
+        their GEMMs: none on the CPU."""
+        return []
+
+    def beside(self, fn, lane="updates"):
         fn()
+
+    def join(self, token):
+        pass
 
     def rejoin(self):
         pass
