@@ -236,10 +236,11 @@ class MLP:
                 backend.join(below)
                 below = None
             a_prev = X if layer == 0 else bufs.acts[layer]
-            if layer > 0 and layer in split:
-                # the error product first, then the delta of the layer below
-                # and its db beside the product for this layer's dW
-                err = bufs.deltas[layer]
+            err = bufs.deltas[layer] if layer > 0 else None     # the delta of the layer below
+            split_here = err is not None and layer in split
+            if split_here:
+                # the error product first, then the delta below and its db
+                # beside the product for this layer's dW
                 backend.matmul(delta, self.weights[layer], out=err, transb=True,
                                precision=self.precision)
                 below = backend.beside(
@@ -249,12 +250,11 @@ class MLP:
                            precision=self.precision)
             if l2 and ready is not None:    # layer by layer: its update may start at once
                 backend.l2_penalty(self.weights[layer], self.grad_weights[layer], loss_acc, l2, m)
-            if layer > 0 and below is None:     # the delta of the hidden layer below, its db
-                err = bufs.deltas[layer]
+            if err is not None and not split_here:      # the delta below and its db, here
                 backend.dense_backward(delta, self.weights[layer], a_prev, self.activation,
                                        out=err, db=self.grad_biases[layer - 1],
                                        precision=self.precision)
-            if layer > 0:
+            if err is not None:
                 delta = err
             if sums is not None and layer == top:   # the output layer's db, final
                 backend.join(sums)
