@@ -16,6 +16,10 @@ and for each k of --reserve (CupyBackend._BESIDE_SMS = {precision: k}):
   gemms-k      the five GEMMs made for k SMs fewer (after an empty fork, so
                that they are made as in the step, with work pending beside)
   overlap-k    overlap with the GEMMs after the first fork made for k SMs fewer
+and eagerly, launch by launch, for k = 0 and each k of --reserve:
+  eager-overlap-k      overlap, on a main stream of the default priority
+  eager-overlap-k-hi   the same on a main stream of the highest priority
+  eager-gemms          the five GEMMs alone
 The first run (stop 10) found Adam hidden by 40 µs of 461 (TF32): cuBLAS's
 kernels fill every SM, and Adam's blocks wait for the gaps between them. It
 also timed the overlap captured on a stream of the highest priority, and found
@@ -126,13 +130,46 @@ with b.new_stream(), b.capturable():
             end.synchronize()
             times[name].append(cupy.cuda.get_elapsed_time(start, end) * 1e3)
 
+# Eager, the same functions launched one by one, on a main stream of the default
+# priority and on one of the highest (the lanes beside keep the default, the
+# lowest). A graph cannot show priorities (see above), eager launches can: if
+# -hi wins, Adam's queued blocks hold back the GEMMs', and graphs instantiated
+# with node priorities are the next step.
+HIGHEST = -1000                                 # CUDA clamps it to the device's highest
+eager = {}
+for k in [0] + reserves:
+    for hi in (False, True):
+        stream = (cupy.cuda.Stream(non_blocking=True, priority=HIGHEST) if hi
+                  else b.new_stream())
+        eager[f"eager-overlap-{k}{'-hi' if hi else ''}"] = (k, stream)
+eager["eager-gemms"] = (0, b.new_stream())
+with b.capturable():
+    for name in eager:
+        times[name] = []
+    for _ in range(args.repeat):
+        for name, (k, stream) in eager.items():
+            type(b)._BESIDE_SMS = {p: k}        # read at each product
+            fn = gemms if name == "eager-gemms" else overlapped
+            with stream:
+                fn()                            # the round's warm-up
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+            times[name].append(cupy.cuda.get_elapsed_time(start, end) * 1e3)
+type(b)._BESIDE_SMS = {}
+
 med = {name: statistics.median(t) for name, t in times.items()}
 print(f"{cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()} ({b._sms} SMs), n={n}, {p} "
       f"products, medians of {args.repeat}")
 for name, us in med.items():
-    print(f"  {name:<15} {us:9.1f} µs   min {min(times[name]):9.1f}")
+    print(f"  {name:<20} {us:9.1f} µs   min {min(times[name]):9.1f}")
 print(f"  serial - gemms = {med['serial'] - med['gemms']:.1f} µs (adam alone {med['adam']:.1f});"
       f" overlap - gemms = {med['overlap'] - med['gemms']:.1f}")
 for k in reserves:
     print(f"  k={k:<3} gemms-k - gemms = {med[f'gemms-{k}'] - med['gemms']:7.1f};"
           f" overlap-k - gemms = {med[f'overlap-{k}'] - med['gemms']:7.1f}")
+for k in [0] + reserves:
+    print(f"  eager, k={k:<3} overlap - gemms = "
+          f"{med[f'eager-overlap-{k}'] - med['eager-gemms']:7.1f}; on a main stream of the "
+          f"highest priority {med[f'eager-overlap-{k}-hi'] - med['eager-gemms']:7.1f}")
