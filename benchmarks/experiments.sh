@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The open experiments of benchmarks/NOTES.md ("The next session with a GPU"), in one call of
 # the device tool, before benchmarks/readme_table.sh:
-#   run: bash benchmarks/experiments.sh      (timeout_s 480; kind nvidia-h100-x1; 150 to 425 s)
+#   run: bash benchmarks/experiments.sh      (timeout_s 480; kind nvidia-h100-x1; about 210 s, at most 455)
 # 1. Adam beside the backward GEMMs with the GEMMs made for k SMs fewer (overlap_probe.py),
 #    TF32 and float32;
-# 2. the large graph step with CupyBackend._BESIDE_SMS = k and _BACKWARD_BESIDE (the backward
-#    pass's per-element work beside its GEMMs), beside the floor, TF32 and float32;
+# 2. the large graph step with CupyBackend._BESIDE_SMS = k, _BACKWARD_BESIDE (the backward
+#    pass's per-element work beside its GEMMs) and _STEP_PRIORITY (the step's kernels before
+#    the work beside them, kept in the graph), beside the floor, TF32 and float32;
 # 3. the packed column sums on a block row per 32 rows against 256 (_BG_BLOCK_ROWS), small and
 #    TF32 large.
 # Each phase has its own limit; what finished lands in $OUT/experiments.txt whatever comes after.
@@ -24,12 +25,14 @@ phase() {       # phase SECONDS COMMAND...: echo it, run it under a limit, keep 
 }
 phase 60 python3 benchmarks/overlap_probe.py --precision tf32 --reserve 4,8,16,32
 phase 60 python3 benchmarks/overlap_probe.py --precision float32 --reserve 8,16,32
-phase 120 python3 benchmarks/knob_sweep.py --config large --precision tf32 --variant "" \
+phase 150 python3 benchmarks/knob_sweep.py --config large --precision tf32 --variant "" \
     --variant _BESIDE_SMS=8 --variant _BESIDE_SMS=16 --variant _BESIDE_SMS=32 \
     --variant _BACKWARD_BESIDE=1 --variant _BESIDE_SMS=8,_BACKWARD_BESIDE=1 \
-    --variant _BESIDE_SMS=16,_BACKWARD_BESIDE=1
+    --variant _BESIDE_SMS=16,_BACKWARD_BESIDE=1 --variant _STEP_PRIORITY=1 \
+    --variant _BESIDE_SMS=16,_STEP_PRIORITY=1 --variant _BESIDE_SMS=16,_BACKWARD_BESIDE=1,_STEP_PRIORITY=1
 phase 90 python3 benchmarks/knob_sweep.py --config large --precision float32 --variant "" \
-    --variant _BESIDE_SMS=4 --variant _BESIDE_SMS=16 --variant _BACKWARD_BESIDE=1
+    --variant _BESIDE_SMS=4 --variant _BESIDE_SMS=16 --variant _BACKWARD_BESIDE=1 \
+    --variant _STEP_PRIORITY=1
 phase 30 python3 benchmarks/knob_sweep.py --config small --precision float32 --repeat 50 \
     --variant "" --variant _BG_BLOCK_ROWS=32
 phase 60 python3 benchmarks/knob_sweep.py --config large --precision tf32 \

@@ -11,6 +11,8 @@ of CUDA events over the rounds, and each step over the floor. The settings:
                     for --precision (0: every SM, as in main)
   _BACKWARD_BESIDE  1: the backward pass's per-element work beside its GEMMs
                     (0 in main)
+  _STEP_PRIORITY    1: the step's kernels at the highest priority, the work
+                    beside them at the lowest, kept in the graph (0 in main)
   _BG_BLOCK_ROWS    rows per block row of the packed column sums (256 in main)
 
     PYTHONPATH=$PWD python3 benchmarks/knob_sweep.py --config large --precision tf32 \
@@ -25,7 +27,7 @@ from gpubp.bench.configs import CONFIGS
 from gpubp.bench.timing import CupyEvents
 from gpubp.bench.workloads import GemmFloor, GpubpWorkload
 
-SETTINGS = ("_BESIDE_SMS", "_BACKWARD_BESIDE", "_BG_BLOCK_ROWS")
+SETTINGS = ("_BESIDE_SMS", "_BACKWARD_BESIDE", "_STEP_PRIORITY", "_BG_BLOCK_ROWS")
 parser = argparse.ArgumentParser()
 parser.add_argument("--variant", action="append", required=True,
                     help='"NAME=INT,..." of ' + ", ".join(SETTINGS) + '; "" for main\'s')
@@ -48,7 +50,7 @@ def settings(variant):
             raise SystemExit(f"unknown setting {name!r}; one of {', '.join(SETTINGS)}")
         value = int(value)
         out[name] = ({args.precision: value} if name == "_BESIDE_SMS"
-                     else bool(value) if name == "_BACKWARD_BESIDE" else value)
+                     else bool(value) if name in ("_BACKWARD_BESIDE", "_STEP_PRIORITY") else value)
     return out
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The runs behind the README's H100 table, in one call of the device tool:
 #   run: bash benchmarks/readme_table.sh     (timeout_s 480; kind nvidia-h100-x1)
-# 1. the GPU-critical tests (kernels against NumPy, graphs against eager, gpubp.cublas);
+# 1. the GPU-critical tests (kernels against NumPy, graphs against eager, gpubp.cublas,
+#    graphs with node priorities);
 # 2. gpubp bench --backend cupy (every GPU config, 30 repeats) and the TF32 large run;
 # 3. the kernel table (--kernels --quick) and where the large TF32 and narrow steps spend
 #    their time (--profile).
@@ -14,7 +15,8 @@ OUT="${OUT:-/tmp/gpubp-readme-table}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 timeout -k 5 150 python3 -m pytest -q -rs -p no:cacheprovider -o faulthandler_timeout=60 \
-    -k "not emulated" tests/test_kernels.py tests/test_trainer.py tests/test_cublas.py 2>&1 \
+    -k "not emulated" tests/test_kernels.py tests/test_trainer.py tests/test_cublas.py \
+    tests/test_graphs.py 2>&1 \
     | tee "$OUT/tests_gpu.log" | grep -E "FAILED|ERROR|passed|failed" | tail -n 15
 # If updates on a second stream failed their GPU test, the benchmark runs without them
 # (and the code must then turn them off: the table is what main runs).

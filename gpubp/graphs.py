@@ -1,8 +1,12 @@
-"""Capturing a step into a CUDA graph with CuPy, keeping the first error."""
+"""Capturing a step into a CUDA graph with CuPy, keeping the first error; and
+launching one with its kernels' own priorities."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import sys
 
 
 class CaptureAllocated(RuntimeError):
@@ -59,3 +63,64 @@ def capture(stream, fn):
         raise CaptureAllocated(
             f"the step asked CuPy's memory pool for memory {requests.n} time(s) while captured")
     return graph
+
+
+# cuda.h: CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY. A graph otherwise runs
+# every kernel at the priority of the stream it is launched into; with it, each
+# kernel keeps the priority of the stream it was captured from.
+USE_NODE_PRIORITY = 8
+
+
+@functools.cache
+def driver():
+    """The CUDA driver (its soname is fixed by the driver's installation), with
+    the signatures of cuda.h this module calls."""
+    return declare_driver(ctypes.CDLL("libcuda.so.1"))
+
+
+def declare_driver(lib):
+    """Give ``lib``'s functions cuda.h's signatures (the tests give them to a
+    stand-in compiled against cuda.h, ``tests/emulator/fake_cuda_driver.c``)."""
+    lib.cuGraphInstantiateWithFlags.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
+                                                ctypes.c_ulonglong]
+    lib.cuGraphInstantiateWithFlags.restype = ctypes.c_int
+    lib.cuGetErrorString.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+    lib.cuGetErrorString.restype = ctypes.c_int
+    return lib
+
+
+class NodePriorityGraph:
+    """A captured CuPy graph, instantiated to run each kernel at the priority
+    of the stream it was captured from (``cuGraphInstantiateWithFlags`` with
+    USE_NODE_PRIORITY; CuPy instantiates without flags). ``launch()`` launches
+    it on the current stream, as CuPy's ``Graph.launch`` does. It keeps the
+    CuPy graph, which owns the captured nodes, alive with it."""
+
+    def __init__(self, graph, lib=None, runtime=None):
+        import cupy
+
+        self._cupy = cupy
+        self._runtime = cupy.cuda.runtime if runtime is None else runtime
+        lib = driver() if lib is None else lib
+        self._graph, self._exec = graph, None
+        handle = ctypes.c_void_p()
+        status = lib.cuGraphInstantiateWithFlags(ctypes.byref(handle), graph.graph,
+                                                 USE_NODE_PRIORITY)
+        if status != 0:
+            reason = ctypes.c_char_p()
+            lib.cuGetErrorString(status, ctypes.byref(reason))
+            raise RuntimeError(f"cuGraphInstantiateWithFlags failed with CUDA error {status}: "
+                               f"{(reason.value or b'unknown').decode()}")
+        self._exec = handle.value
+
+    def launch(self, stream=None):
+        stream = self._cupy.cuda.get_current_stream() if stream is None else stream
+        self._runtime.graphLaunch(self._exec, stream.ptr)
+
+    def __del__(self):
+        handle, self._exec = getattr(self, "_exec", None), None
+        if handle and not sys.is_finalizing():
+            try:
+                self._runtime.graphExecDestroy(handle)
+            except Exception:
+                pass

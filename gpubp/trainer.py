@@ -256,7 +256,7 @@ class Trainer:
             yield
             return
         if self._stream is None:
-            self._stream = backend.new_stream()
+            self._stream = backend.new_stream(step=True)
         # Uploads and initialisation were queued on other streams: let them finish.
         backend.synchronize_device()
         try:
@@ -277,7 +277,7 @@ class Trainer:
         if entry == "warm":
             steps_before = self.optimizer.steps
             try:
-                graph = capture(self._stream, step)
+                graph = self.model.backend.launchable(capture(self._stream, step))
             except Exception as failure:
                 self.optimizer.steps = steps_before
                 self._graphs_off(f"{type(failure).__name__}: {failure}")

@@ -174,3 +174,35 @@ def host_cupy(fake):
             del sys.modules["cupy"]
         else:
             sys.modules["cupy"] = saved
+
+
+DRIVER_SOURCE = Path(__file__).resolve().parent / "emulator" / "fake_cuda_driver.c"
+
+
+@functools.cache
+def fake_cuda_driver():
+    """The stand-in for the CUDA driver's graph instantiation, built against the
+    toolkit's cuda.h (beside cublas_api.h's runtime headers) and cached on disk,
+    with gpubp.graphs's signatures and its own; None where it cannot be built."""
+    from gpubp import graphs
+
+    folders = header_folders()
+    header = next((Path(f) / "cuda.h" for f in folders or [] if (Path(f) / "cuda.h").exists()), None)
+    if header is None or c_compiler() is None:
+        return None
+    digest = hashlib.sha256(DRIVER_SOURCE.read_bytes() + header.read_bytes()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "gpubp-cuda-emulator"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"fake_cuda_driver-{digest}.so"
+    if not path.exists():
+        tmp = folder / f"fake_cuda_driver-{digest}.{os.getpid()}.tmp.so"
+        code, messages = build(DRIVER_SOURCE.read_text(), tmp)
+        if code != 0:
+            raise RuntimeError(f"tests/emulator/fake_cuda_driver.c does not build:\n{messages}")
+        tmp.replace(path)
+    lib = graphs.declare_driver(ctypes.CDLL(str(path)))
+    lib.fake_cuda_last_graph.restype = ctypes.c_void_p
+    lib.fake_cuda_last_flags.restype = ctypes.c_ulonglong
+    lib.fake_cuda_constant.argtypes = [ctypes.c_char_p]
+    lib.fake_cuda_constant.restype = ctypes.c_longlong
+    return lib

@@ -896,6 +896,28 @@ def test_backward_work_beside_its_gemms_changes_no_bit_on_the_gpu(monkeypatch):
 
 
 @requires_cupy
+def test_step_priority_changes_no_bit_on_the_gpu(monkeypatch):
+    """_STEP_PRIORITY on a GPU: the step on a stream of the highest priority,
+    the updates beside it on the lowest, the graph launched with its kernels'
+    own priorities (NodePriorityGraph). The parameters end bit for bit where
+    they do without it."""
+    from gpubp.graphs import NodePriorityGraph
+
+    _needs_direct_gemm()
+    backend = gpubp.get_backend("cupy")
+    base, h_base, _, _ = _train_beside(backend, monkeypatch, 200, "adamw", True)
+    monkeypatch.setattr(type(backend), "_STEP_PRIORITY", True)
+    first, h_first, _, trainer = _train_beside(backend, monkeypatch, 200, "adamw", True)
+    assert trainer.graphs_off_reason is None
+    assert trainer._stream.priority < 0 and backend.new_stream().priority == 0
+    captured = [entry[0] for graphs in trainer._graph_cache.values() for entry in graphs.values()
+                if isinstance(entry, tuple)]
+    assert captured and all(isinstance(graph, NodePriorityGraph) for graph in captured)
+    np.testing.assert_array_equal(first, base)
+    np.testing.assert_array_equal(h_first["loss"], h_base["loss"])
+
+
+@requires_cupy
 def test_gemms_made_for_fewer_sms_on_the_gpu(monkeypatch):
     """GEMMs made for 16 SMs fewer while the updates run beside them, on a GPU
     and graph-replayed: cuBLAS may pick other kernels, so the parameters agree

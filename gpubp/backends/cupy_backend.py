@@ -64,10 +64,31 @@ class CupyBackend:
         """The device address of an array's data (what a CUDA graph bakes in)."""
         return a.data.ptr
 
-    def new_stream(self):
+    # The step's own kernels before the work beside them (off: not yet measured;
+    # benchmarks/NOTES.md, "The sixth session"). Where a step's kernels and
+    # Adam's both wait for an SM, CUDA places the blocks of the stream of higher
+    # priority first. With this on, the step runs on a stream of the highest
+    # priority, the lanes beside it keep the default (the lowest), and captured
+    # steps launch with their kernels' own priorities (NodePriorityGraph: a
+    # graph otherwise runs all of them at its launch stream's).
+    _STEP_PRIORITY = False
+
+    def new_stream(self, step=False):
         """A stream of its own (non-blocking: CUDA graphs cannot capture the
-        legacy default stream)."""
+        legacy default stream); ``step``: the one training steps run on, of the
+        highest priority where _STEP_PRIORITY is on."""
+        if step and self._STEP_PRIORITY:
+            return self._cupy.cuda.Stream(non_blocking=True, priority=-1000)   # clamped by CUDA
         return self._cupy.cuda.Stream(non_blocking=True)
+
+    def launchable(self, graph):
+        """A step's captured graph as it is to be launched: with its kernels'
+        own priorities where _STEP_PRIORITY is on."""
+        if not self._STEP_PRIORITY:
+            return graph
+        from ..graphs import NodePriorityGraph
+
+        return NodePriorityGraph(graph)
 
     # -- the one seam for matrix products ----------------------------------
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):

@@ -52,12 +52,12 @@ class GpubpWorkload:
         problem = backend.graphs_problem()
         if problem is not None:
             raise RuntimeError(f"no CUDA graphs: {problem}")
-        stream = backend.new_stream()
+        stream = backend.new_stream(step=True)
         backend.synchronize_device()
         try:
             with stream, backend.capturable():
                 self._eager_step()
-                graph = capture(stream, self._eager_step)
+                graph = backend.launchable(capture(stream, self._eager_step))
         finally:
             stream.synchronize()
         self._graph_refs = backend._work.live()   # arrays the graph writes
