@@ -10,6 +10,7 @@ README's table, and name the two files in tests/test_readme.py.
 
 import json
 import sys
+from pathlib import Path
 
 from gpubp.bench.report import fmt
 
@@ -23,7 +24,7 @@ COLUMNS = ("gpubp-cupy", "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-cupy",
 
 medians = {}
 for path in sys.argv[1:]:
-    data = json.loads(open(path).read())
+    data = json.loads(Path(path).read_text())
     precision = data["settings"]["precision"]
     medians[precision] = {(m["config"], m["subject"]): m["median_us"]
                           for m in data["measurements"] if m["workload"] == "step"}
