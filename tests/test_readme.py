@@ -46,6 +46,11 @@ H100_COLUMNS = ("gpubp-cupy", "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-c
                 "torch-cuda", "torch-cuda-graph", "floor-torch-cuda")
 
 
+# The two saved runs behind the README's H100 table (benchmarks/readme_table.sh).
+H100_RUNS = {"float32": ROOT / "benchmarks" / "results" / "h100-2026-11-26-b.json",
+             "tf32": ROOT / "benchmarks" / "results" / "h100-large-tf32-2026-11-26-b.json"}
+
+
 def test_the_h100_table_is_the_saved_runs(readme):
     """Every figure of the README's H100 table is the saved JSON's, as the bench
     prints it, and each target's ratio and verdict follow from those medians."""
@@ -53,11 +58,8 @@ def test_the_h100_table_is_the_saved_runs(readme):
 
     from gpubp.bench.report import fmt
 
-    results = ROOT / "benchmarks" / "results"
-    runs = {"float32": results / "h100-2026-11-26-b.json",
-            "tf32": results / "h100-large-tf32-2026-11-26-b.json"}
     medians = {}
-    for precision, path in runs.items():
+    for precision, path in H100_RUNS.items():
         data = json.loads(path.read_text())
         assert data["complete"] and data["settings"]["precision"] == precision
         assert data["meta"]["gpu"].startswith("NVIDIA H100") and data["settings"]["repeat"] == 30
@@ -75,3 +77,19 @@ def test_the_h100_table_is_the_saved_runs(readme):
         ratio = step[config, "gpubp-cupy-graph"] / step[config, peer]
         assert cells[7].startswith(f"≤ {limit} × ")
         assert cells[8] == f"{ratio:.3f}, {'met' if ratio <= limit else 'not met'}"
+
+
+def test_readme_rows_prints_the_h100_table(readme):
+    """benchmarks/readme_rows.py, which makes the table from the saved runs,
+    prints it as the README has it."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_rows.py"),
+                           *map(str, H100_RUNS.values())], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=True)
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2 + len(H100_TARGETS)
+    section = readme.split("**H100**", 1)[1].split("\n## ", 1)[0]
+    assert "\n".join(lines) in section
