@@ -96,6 +96,22 @@ def build(source_text, out_path):
     return done.returncode, done.stderr
 
 
+def _built(source, header):
+    """The shared library built from ``source`` (tests/emulator/*.c), cached on
+    disk by its text and the header it is held to."""
+    digest = hashlib.sha256(source.read_bytes() + header.read_bytes()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "gpubp-cuda-emulator"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{source.stem}-{digest}.so"
+    if not path.exists():
+        tmp = folder / f"{source.stem}-{digest}.{os.getpid()}.tmp.so"
+        code, messages = build(source.read_text(), tmp)
+        if code != 0:
+            raise RuntimeError(f"tests/emulator/{source.name} does not build:\n{messages}")
+        tmp.replace(path)
+    return path
+
+
 @functools.cache
 def fake_cublas():
     """The stand-in, built once and cached on disk by its source and the header,
@@ -105,18 +121,7 @@ def fake_cublas():
     folders = header_folders()
     if folders is None or c_compiler() is None:
         return None
-    header = (Path(folders[0]) / "cublas_api.h").read_bytes()
-    digest = hashlib.sha256(SOURCE.read_bytes() + header).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "gpubp-cuda-emulator"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"fake_cublas-{digest}.so"
-    if not path.exists():
-        tmp = folder / f"fake_cublas-{digest}.{os.getpid()}.tmp.so"
-        code, messages = build(SOURCE.read_text(), tmp)
-        if code != 0:
-            raise RuntimeError(f"tests/emulator/fake_cublas.c does not build:\n{messages}")
-        tmp.replace(path)
-    lib = cublas.declare(ctypes.CDLL(str(path)))
+    lib = cublas.declare(ctypes.CDLL(str(_built(SOURCE, Path(folders[0]) / "cublas_api.h"))))
     lib.fake_cublas_last.restype = ctypes.POINTER(FakeGemmCall)
     lib.fake_cublas_problem.restype = ctypes.c_char_p
     lib.fake_cublas_constant.argtypes = [ctypes.c_char_p]
@@ -190,17 +195,7 @@ def fake_cuda_driver():
     header = next((Path(f) / "cuda.h" for f in folders or [] if (Path(f) / "cuda.h").exists()), None)
     if header is None or c_compiler() is None:
         return None
-    digest = hashlib.sha256(DRIVER_SOURCE.read_bytes() + header.read_bytes()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "gpubp-cuda-emulator"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"fake_cuda_driver-{digest}.so"
-    if not path.exists():
-        tmp = folder / f"fake_cuda_driver-{digest}.{os.getpid()}.tmp.so"
-        code, messages = build(DRIVER_SOURCE.read_text(), tmp)
-        if code != 0:
-            raise RuntimeError(f"tests/emulator/fake_cuda_driver.c does not build:\n{messages}")
-        tmp.replace(path)
-    lib = graphs.declare_driver(ctypes.CDLL(str(path)))
+    lib = graphs.declare_driver(ctypes.CDLL(str(_built(DRIVER_SOURCE, header))))
     lib.fake_cuda_last_graph.restype = ctypes.c_void_p
     lib.fake_cuda_last_flags.restype = ctypes.c_ulonglong
     lib.fake_cuda_constant.argtypes = [ctypes.c_char_p]
