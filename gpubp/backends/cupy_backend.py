@@ -512,3 +512,8 @@ class PlainCupyBackend(NumpyBackend):
 
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
         return self._gpu.matmul(a, b, out, transa=transa, transb=transb, precision=precision)
+
+    def bias_grad(self, delta, out):
+        """out[j] = sum_i delta[i, j] as plain CuPy writes it (the NumPy
+        backend's product with ones would be a fused kernel's worth here)."""
+        return self.xp.sum(delta, axis=0, out=out)
