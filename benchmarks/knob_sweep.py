@@ -1,11 +1,13 @@
 """CupyBackend settings side by side, in one run, for one decision.
 
-For each --variant (settings of CupyBackend, "NAME=INT,NAME=INT"; "" for
-main's), the benchmark's graph-replayed training step (the suite's
-`gpubp-cupy-graph` row) captured with those settings; beside them the floor
-(the step's GEMMs alone on random operands, the suite's `floor-cupy`). Each
-round times every subject once, in turn, so that clocks drift alike; medians
-of CUDA events over the rounds, and each step over the floor. The settings:
+For each --variant (settings of CupyBackend as _knobs.py writes them, over
+--base and main's; "" for main's), the benchmark's graph-replayed training
+step (the suite's `gpubp-cupy-graph` row) captured with those settings; beside
+them the floor (the step's GEMMs alone on random operands, the suite's
+`floor-cupy`). Each round times every subject once, in turn, so that clocks
+drift alike; medians of CUDA events over the rounds, each step over the floor,
+and how many rounds each variant beat main's in (paired: the same round). The
+settings:
 
   _BESIDE_SMS       SMs the GEMMs leave to the work beside the backward pass,
                     for --precision (0: every SM, as in main)
@@ -15,68 +17,94 @@ of CUDA events over the rounds, and each step over the floor. The settings:
                     beside them at the lowest, kept in the graph (0 in main)
   _BG_BLOCK_ROWS    rows per block row of the packed column sums (256 in main)
 
-    PYTHONPATH=$PWD python3 benchmarks/knob_sweep.py --config large --precision tf32 \
+    PYTHONPATH=$PWD python3 benchmarks/knob_sweep.py --config large --precision tf32 \\
         --variant "" --variant _BESIDE_SMS=16 --variant _BESIDE_SMS=16,_BACKWARD_BESIDE=1
+
+choose_settings.py calls sweep() itself.
 """
 
 import argparse
+import json
 import statistics
 
-from gpubp.backends import get_backend
-from gpubp.bench.configs import CONFIGS
-from gpubp.bench.timing import CupyEvents
-from gpubp.bench.workloads import GemmFloor, GpubpWorkload
-
-SETTINGS = ("_BESIDE_SMS", "_BACKWARD_BESIDE", "_STEP_PRIORITY", "_BG_BLOCK_ROWS")
-parser = argparse.ArgumentParser()
-parser.add_argument("--variant", action="append", required=True,
-                    help='"NAME=INT,..." of ' + ", ".join(SETTINGS) + '; "" for main\'s')
-parser.add_argument("--config", default="large")
-parser.add_argument("--precision", default="tf32")
-parser.add_argument("--repeat", type=int, default=20)
-args = parser.parse_args()
-
-backend = get_backend("cupy")
-Backend = type(backend)
-config = CONFIGS[args.config]
-main = {name: getattr(Backend, name) for name in SETTINGS}
+import _knobs
 
 
-def settings(variant):
-    out = {}
-    for item in filter(None, variant.split(",")):
-        name, value = item.split("=")
-        if name not in SETTINGS:
-            raise SystemExit(f"unknown setting {name!r}; one of {', '.join(SETTINGS)}")
-        value = int(value)
-        out[name] = ({args.precision: value} if name == "_BESIDE_SMS"
-                     else bool(value) if name in ("_BACKWARD_BESIDE", "_STEP_PRIORITY") else value)
-    return out
+def sweep(backend, config, precision, variants, repeat=20, base=None, batches=1):
+    """{name: [µs per round]} for each named variant ({name: settings}) and
+    "floor". ``base`` settings go under every variant; the class's own are
+    restored after. ``batches``: batches of data per workload (the step reads
+    the first)."""
+    from gpubp.bench.timing import CupyEvents
+    from gpubp.bench.workloads import GemmFloor, GpubpWorkload
+
+    cls = type(backend)
+    main = {name: getattr(cls, name) for name in _knobs.NAMES}
+    subjects = {}
+    try:
+        for name, settings in variants.items():
+            _knobs.apply(cls, _knobs.merge(main, base or {}, settings))   # read at capture
+            subjects[name] = GpubpWorkload(config, backend, batches, precision, graphs=True).step
+    finally:
+        _knobs.apply(cls, main)
+    subjects["floor"] = GemmFloor(config, backend, precision).step
+    clock = CupyEvents()
+    for step in subjects.values():                 # warm-up
+        step()
+        step()
+    clock.sync()
+    times = {name: [] for name in subjects}
+    for _ in range(repeat):
+        for name, step in subjects.items():
+            times[name].append(clock.time(step))
+    return times
 
 
-subjects = {}
-for variant in args.variant:
-    for name, value in {**main, **settings(variant)}.items():
-        setattr(Backend, name, value)           # read when the step is captured
-    subjects[variant or "main"] = GpubpWorkload(config, backend, config.epoch_batches,
-                                                args.precision, graphs=True).step
-for name, value in main.items():
-    setattr(Backend, name, value)
-subjects["floor"] = GemmFloor(config, backend, args.precision).step
+def wins(times, name, ref="main"):
+    """Rounds in which ``name`` took less time than ``ref`` (the same round)."""
+    return sum(a < b for a, b in zip(times[name], times[ref]))
 
-clock = CupyEvents()
-for step in subjects.values():                 # warm-up
-    step()
-    step()
-clock.sync()
-times = {name: [] for name in subjects}
-for _ in range(args.repeat):
-    for name, step in subjects.items():
-        times[name].append(clock.time(step))
-med = {name: statistics.median(t) for name, t in times.items()}
-print(f"{backend._cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()} ({backend._sms} SMs), "
-      f"{config.name}, {args.precision}, medians of {args.repeat} interleaved rounds")
-width = max(len(name) for name in med)
-for name, us in med.items():
-    print(f"  {name:<{width}} {us:9.1f} µs   min {min(times[name]):9.1f}   "
-          f"over the floor {us / med['floor']:.3f}")
+
+def report(times, title, ref="main"):
+    """The sweep's lines: medians, minima, over the floor, rounds beating ``ref``."""
+    med = {name: statistics.median(t) for name, t in times.items()}
+    lines = [title]
+    width = max(len(name) for name in med)
+    for name, us in med.items():
+        line = (f"  {name:<{width}} {us:9.1f} µs   min {min(times[name]):9.1f}   "
+                f"over the floor {us / med['floor']:.3f}")
+        if ref in times and name not in (ref, "floor"):
+            line += f"   {us / med[ref]:.3f} of {ref}'s, faster in {wins(times, name, ref)}/{len(times[name])} rounds"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main():
+    from gpubp.backends import get_backend
+    from gpubp.bench.configs import CONFIGS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", action="append", required=True,
+                        help='"NAME=INT,..." of ' + ", ".join(_knobs.NAMES) + '; "" for main\'s')
+    parser.add_argument("--base", default="", help="settings under every variant")
+    parser.add_argument("--config", default="large")
+    parser.add_argument("--precision", default="tf32")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--json", help="write the times per round here")
+    args = parser.parse_args()
+
+    backend = get_backend("cupy")
+    variants = {(v or "main"): _knobs.parse(v, args.precision) for v in args.variant}
+    times = sweep(backend, CONFIGS[args.config], args.precision, variants, args.repeat,
+                  _knobs.parse(args.base, args.precision))
+    name = backend._cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(report(times, f"{name} ({backend._sms} SMs), {args.config}, {args.precision}, "
+                        f"medians of {args.repeat} interleaved rounds"
+                        + (f", over {args.base}" if args.base else "")))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(times, f)
+
+
+if __name__ == "__main__":
+    main()

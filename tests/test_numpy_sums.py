@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from _helpers import sum_error
+
 from gpubp.backends.numpy_backend import NumpyBackend
 
 # Measured: at most 7e-8 (float32) and 3e-16 (float64) over these shapes; NumPy's

@@ -682,12 +682,23 @@ def test_layer_ranges_and_their_gaps_cover_the_flat_buffer():
     assert _gaps([], 10) == [(0, 10)] and _gaps([(0, 10)], 10) == []
 
 
-def _train_beside(backend, monkeypatch, min_weights, optimizer, cuda_graphs, rng_seed=0):
+def _knobs_off(backend, monkeypatch, **knobs):
+    """CupyBackend's settings for the work beside the GEMMs off, as main had
+    them before any was measured, then ``knobs``: each test below holds one of
+    them to its own reference, whatever main sets."""
+    off = {"_BESIDE_SMS": {}, "_BACKWARD_BESIDE": False, "_STEP_PRIORITY": False}
+    for name, value in {**off, **knobs}.items():
+        monkeypatch.setattr(type(backend), name, value)
+
+
+def _train_beside(backend, monkeypatch, min_weights, optimizer, cuda_graphs, rng_seed=0, **knobs):
     """[6, 70, 70, 4] for 3 epochs, the update of layers of at least
-    ``min_weights`` weights run beside the backward pass; counts those updates."""
+    ``min_weights`` weights run beside the backward pass, the settings for the
+    work beside the GEMMs off but ``knobs``; counts those updates."""
     rng = np.random.default_rng(rng_seed)
     X, y = rng.normal(size=(100, 6)).astype(np.float32), rng.integers(0, 4, size=100)
     monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", min_weights)
+    _knobs_off(backend, monkeypatch, **knobs)
     beside_calls = []
     real = backend.beside
     monkeypatch.setattr(backend, "beside", lambda fn, lane="updates": (
@@ -760,6 +771,7 @@ def test_gemms_leave_sms_to_the_updates_beside_them_while_these_run(monkeypatch,
     monkeypatch.setattr(backend, "beside", lambda fn: (log.append("beside"), real_beside(fn)))
     monkeypatch.setattr(backend, "rejoin", lambda: (log.append("rejoin"), real_rejoin()))
     monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", 200)
+    _knobs_off(backend, monkeypatch)
     rng = np.random.default_rng(4)
     X, y = rng.normal(size=(64, 6)).astype(np.float32), rng.integers(0, 4, size=64)
     params = {}
@@ -839,14 +851,15 @@ def test_backward_work_beside_its_gemms_changes_no_bit(monkeypatch):
         monkeypatch.setattr(type(backend), "_BACKWARD_BESIDE", True)
         assert backend.backward_beside([6, 70, 70, 4]) == []             # far below the default
         with backend.capturable():
-            results.append(_train_beside(backend, monkeypatch, 200, "adamw", graphs))
+            results.append(_train_beside(backend, monkeypatch, 200, "adamw", graphs,
+                                         _BACKWARD_BESIDE=True))
     for params, history, calls, trainer in results:
         assert trainer.graphs_off_reason is None
         np.testing.assert_array_equal(params, alone)
         np.testing.assert_allclose(history["loss"], h_alone["loss"], rtol=1e-12)
 
     log = []
-    monkeypatch.setattr(type(backend), "_BACKWARD_BESIDE", True)
+    _knobs_off(backend, monkeypatch, _BACKWARD_BESIDE=True)
     monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", 200)
     assert backend.backward_beside([6, 70, 70, 4]) == [0, 1, 2]
     _log_backward_order(backend, monkeypatch, log)
@@ -887,9 +900,9 @@ def test_backward_work_beside_its_gemms_changes_no_bit_on_the_gpu(monkeypatch):
     with backend.capturable():
         alone, h_alone, _, _ = _train_beside(backend, monkeypatch, 1 << 40, "adamw", False)
     for graphs in (False, True):
-        monkeypatch.setattr(type(backend), "_BACKWARD_BESIDE", True)
         with backend.capturable():
-            params, history, _, trainer = _train_beside(backend, monkeypatch, 200, "adamw", graphs)
+            params, history, _, trainer = _train_beside(backend, monkeypatch, 200, "adamw", graphs,
+                                                        _BACKWARD_BESIDE=True)
         assert trainer.graphs_off_reason is None
         np.testing.assert_array_equal(params, alone)
         np.testing.assert_allclose(history["loss"], h_alone["loss"], rtol=1e-6)
@@ -906,8 +919,8 @@ def test_step_priority_changes_no_bit_on_the_gpu(monkeypatch):
     _needs_direct_gemm()
     backend = gpubp.get_backend("cupy")
     base, h_base, _, _ = _train_beside(backend, monkeypatch, 200, "adamw", True)
-    monkeypatch.setattr(type(backend), "_STEP_PRIORITY", True)
-    first, h_first, _, trainer = _train_beside(backend, monkeypatch, 200, "adamw", True)
+    first, h_first, _, trainer = _train_beside(backend, monkeypatch, 200, "adamw", True,
+                                               _STEP_PRIORITY=True)
     assert trainer.graphs_off_reason is None
     assert trainer._stream.priority < 0 and backend.new_stream().priority == 0
     captured = [entry[0] for graphs in trainer._graph_cache.values() for entry in graphs.values()
@@ -926,8 +939,8 @@ def test_gemms_made_for_fewer_sms_on_the_gpu(monkeypatch):
     backend = gpubp.get_backend("cupy")
     base, h_base, _, trainer = _train_beside(backend, monkeypatch, 200, "nesterov", True)
     assert trainer.graphs_off_reason is None
-    monkeypatch.setattr(type(backend), "_BESIDE_SMS", {"float32": 16})
-    fewer, h_fewer, _, trainer = _train_beside(backend, monkeypatch, 200, "nesterov", True)
+    fewer, h_fewer, _, trainer = _train_beside(backend, monkeypatch, 200, "nesterov", True,
+                                               _BESIDE_SMS={"float32": 16})
     assert trainer.graphs_off_reason is None
     np.testing.assert_allclose(fewer, base, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_fewer["loss"], h_base["loss"], rtol=1e-5)

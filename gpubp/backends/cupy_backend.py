@@ -395,7 +395,7 @@ class CupyBackend:
     # beside the backward pass, the GEMMs then ask cuBLAS for kernels made for
     # this many SMs fewer (cublasSetSmCountTarget), so that Adam's blocks get
     # SMs of their own throughout. A precision not named here: every SM, as
-    # measured so far. A count is to be measured first (benchmarks/experiments.sh,
+    # measured so far. A count is to be measured first (benchmarks/gpu_session.sh,
     # and benchmarks/NOTES.md, "The next session with a GPU").
     _BESIDE_SMS = {}
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The next GPU session in one call of the device tool (benchmarks/NOTES.md, "The seventh
+# session"): a machine stays warm 30 s after a call, too little to read one call's results
+# and start the next, and each start costs device time. So, in one command:
+#   run: bash benchmarks/gpu_session.sh     (timeout_s 600; kind nvidia-h100-x1; at most 575 s)
+# 1. choose_settings.py chooses CupyBackend's settings for the work beside the GEMMs by its
+#    fixed rules (at most 200 s);
+# 2. readme_table.sh runs the GPU tests and the README's runs under them (falling back to
+#    main's settings where a test fails under them and passes under main's);
+# 3. the overlap probe (TF32), in whatever time is left: why the winner won.
+# Everything lands in $OUT/session.tar.gz (the device tool brings back 8 files at most),
+# bundled again after each phase; the choice and the table also as plain text beside it.
+# Then, here: write the settings the table ran with ($OUT/table/gpu.txt says which) into
+# CupyBackend, copy the runs into benchmarks/results/, and remake the README's table
+# (benchmarks/readme_rows.py).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/gpubp-session}"
+WORK="${WORK:-$(mktemp -d)}"
+DEADLINE=$(( $(date +%s) + ${BUDGET:-560} ))
+mkdir -p "$OUT" "$WORK/table"
+bundle() { tar -czf "$OUT/session.tar.gz" -C "$WORK" . 2>/dev/null; }
+left() { echo $(( DEADLINE - $(date +%s) )); }
+
+timeout -k 5 200 python3 benchmarks/choose_settings.py --out "$WORK/settings.txt" \
+    --json "$WORK/choice.json" 2>&1 | tee "$WORK/choice.txt"
+SETTINGS="$(cat "$WORK/settings.txt" 2>/dev/null || true)"
+cp "$WORK/choice.txt" "$OUT/"
+bundle
+
+OUT="$WORK/table" SETTINGS="$SETTINGS" DEADLINE=$(( DEADLINE - 45 )) bash benchmarks/readme_table.sh
+cp "$WORK/table/gpu.txt" "$WORK/table/h100.txt" "$WORK/table/h100-large-tf32.txt" "$OUT/" 2>/dev/null
+bundle
+
+if (( $(left) > 30 )); then
+    timeout -k 5 $(( $(left) - 10 )) python3 benchmarks/overlap_probe.py --precision tf32 \
+        --reserve 8,16,32 2>&1 | tee "$WORK/probe.txt"
+fi
+bundle
+ls -l "$OUT"
+exit 0

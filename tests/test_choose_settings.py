@@ -1,0 +1,212 @@
+"""The tools of the next GPU session, on the CPU: the settings' text
+(benchmarks/_knobs.py), the rules that choose them (benchmarks/choose_settings.py)
+on made-up times, and the whole choice, sweeps included, on the emulated backend."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture
+def tools(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import _knobs
+    import choose_settings
+    import knob_sweep
+
+    return _knobs, choose_settings, knob_sweep
+
+
+# -- the settings' text ---------------------------------------------------------
+
+def test_settings_text_reads_back(tools):
+    knobs, _, _ = tools
+    text = "_BESIDE_SMS.tf32=16,_BESIDE_SMS.float32=0,_BACKWARD_BESIDE=1,_STEP_PRIORITY=0,_BG_BLOCK_ROWS=32"
+    settings = knobs.parse(text)
+    assert settings == {"_BESIDE_SMS": {"tf32": 16, "float32": 0}, "_BACKWARD_BESIDE": True,
+                        "_STEP_PRIORITY": False, "_BG_BLOCK_ROWS": 32}
+    assert knobs.parse(knobs.format(settings)) == settings
+    assert knobs.format(settings) == ("_BESIDE_SMS.float32=0,_BESIDE_SMS.tf32=16,"
+                                      "_BACKWARD_BESIDE=1,_STEP_PRIORITY=0,_BG_BLOCK_ROWS=32")
+    assert knobs.parse("") == {} and knobs.format({}) == ""
+    assert knobs.parse(" _BESIDE_SMS=8 ", precision="bf16") == {"_BESIDE_SMS": {"bf16": 8}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("_BESIDE_SMS=8", "name a precision"),
+    ("_BESIDE_SMS.fp16=8", "name a precision"),
+    ("_STEP_PRIORITY.tf32=1", "only _BESIDE_SMS"),
+    ("_STEP_PRIORITY=2", "0 or 1"),
+    ("_BG_BLOCK_ROWS=0", "at least 1"),
+    ("_BG_BLOCK_ROWS=-4", ">= 0"),
+    ("_BG_BLOCK_ROWS=x", "not a whole number"),
+    ("_SMS=3", "NAME=INT"),
+    ("_STEP_PRIORITY", "NAME=INT"),
+])
+def test_settings_text_that_says_nothing_clear_is_refused(tools, text, message):
+    knobs, _, _ = tools
+    with pytest.raises(ValueError, match=message):
+        knobs.parse(text)
+
+
+def test_merge_and_apply_restore(tools):
+    knobs, _, _ = tools
+
+    class Backend:
+        _BESIDE_SMS = {"tf32": 8}
+        _BACKWARD_BESIDE = False
+        _STEP_PRIORITY = False
+        _BG_BLOCK_ROWS = 256
+        _OVERLAP_MIN_WEIGHTS = 1 << 22
+
+    merged = knobs.merge({"_BESIDE_SMS": {"tf32": 8}}, {"_BESIDE_SMS": {"float32": 4}},
+                         {"_BESIDE_SMS": {"tf32": 0}, "_STEP_PRIORITY": True})
+    assert merged == {"_BESIDE_SMS": {"tf32": 0, "float32": 4}, "_STEP_PRIORITY": True}
+    before = knobs.apply(Backend, merged)
+    assert Backend._BESIDE_SMS == {"tf32": 0, "float32": 4} and Backend._STEP_PRIORITY is True
+    assert Backend._BESIDE_SMS is not merged["_BESIDE_SMS"]            # a copy
+    knobs.apply(Backend, before)
+    assert Backend._BESIDE_SMS == {"tf32": 8} and Backend._STEP_PRIORITY is False
+
+
+# -- the rules, on made-up times ------------------------------------------------
+
+def _times(rng, medians, rounds=20, noise=0.002):
+    """Per-round times around each median, with a drift shared by the round."""
+    drift = 1 + rng.normal(scale=0.01, size=rounds)
+    return {name: list(m * drift * (1 + rng.normal(scale=noise, size=rounds)))
+            for name, m in medians.items()}
+
+
+def test_a_variant_beats_main_by_its_median_and_most_rounds(tools, rng):
+    _, cs, _ = tools
+    t = _times(rng, {"main": 4000, "a": 3900, "b": 3980, "floor": 3600})
+    assert cs.beats(t, "a") and not cs.beats(t, "b")                   # 2.5% and 0.5% faster
+    assert cs.best(t, ["a", "b"]) == "a" and cs.best(t, ["b"]) is None
+    # a lower median from a few rounds alone does not beat
+    t = {"main": [100.0] * 20, "c": [90.0] * 10 + [101.0] * 10}
+    assert statistics.median(t["c"]) < 0.99 * 100 and not cs.beats(t, "c")
+
+
+def test_tf32_winner_and_the_flags_float32_pays_for(tools, rng):
+    knobs, cs, _ = tools
+    variants = {(v or "main"): knobs.parse(v, "tf32") for v in cs.TF32_VARIANTS}
+    medians = {name: 4200 for name in variants}
+    medians.update({"_BESIDE_SMS=8": 4100, "_BESIDE_SMS=16": 4080,
+                    "_BESIDE_SMS=16,_BACKWARD_BESIDE=1": 3950,
+                    "_BESIDE_SMS=16,_BACKWARD_BESIDE=1,_STEP_PRIORITY=1": 3900, "floor": 3650})
+    tf32 = _times(rng, medians)
+    assert cs.decide_tf32(tf32, variants) == "_BESIDE_SMS=16,_BACKWARD_BESIDE=1,_STEP_PRIORITY=1"
+    winner = cs.decide_tf32(tf32, variants, allow_priority=False)
+    assert winner == "_BESIDE_SMS=16,_BACKWARD_BESIDE=1"
+
+    f32_variants = cs.float32_variants(cs.flags(variants[winner]))
+    assert set(f32_variants) == {"main", "_BESIDE_SMS=4", "_BESIDE_SMS=16", "_BACKWARD_BESIDE=1",
+                                 "_BESIDE_SMS=4,_BACKWARD_BESIDE=1"}
+    # float32 pays 0.5% for the flag: kept, with the better of its two
+    f32 = _times(rng, {"main": 22000, "_BESIDE_SMS=4": 22500, "_BESIDE_SMS=16": 23000,
+                       "_BACKWARD_BESIDE=1": 22110, "_BESIDE_SMS=4,_BACKWARD_BESIDE=1": 22600,
+                       "floor": 21400})
+    chosen, f32_choice, notes = cs.decide_flags_and_float32(tf32, variants, winner, f32, f32_variants)
+    assert (chosen, f32_choice) == (winner, "_BACKWARD_BESIDE=1") and "kept" in notes[0]
+    assert cs.chosen_settings(variants, chosen, f32_variants, f32_choice) == {
+        "_BESIDE_SMS": {"tf32": 16}, "_BACKWARD_BESIDE": True}
+    # float32 pays 3%: TF32 is chosen again among the variants without flags
+    f32["_BACKWARD_BESIDE=1"] = [x * 1.03 for x in f32["main"]]
+    chosen, f32_choice, notes = cs.decide_flags_and_float32(tf32, variants, winner, f32, f32_variants)
+    assert (chosen, f32_choice) == ("_BESIDE_SMS=16", "main") and "chosen again" in notes[0]
+    assert cs.chosen_settings(variants, chosen, f32_variants, f32_choice) == {
+        "_BESIDE_SMS": {"tf32": 16}}
+    # no variant beats main's: main's, and float32 keeps every SM unless fewer win
+    flat = _times(rng, {name: 4200 for name in variants} | {"floor": 3650})
+    assert cs.decide_tf32(flat, variants) == "main"
+    f32 = _times(rng, {"main": 22000, "_BESIDE_SMS=4": 21500, "_BESIDE_SMS=16": 22000, "floor": 21400})
+    assert cs.decide_flags_and_float32(flat, variants, "main", f32, cs.float32_variants({})) == (
+        "main", "_BESIDE_SMS=4", [])
+
+
+def test_priority_and_block_rows_rules(tools, rng):
+    _, cs, _ = tools
+    small = _times(rng, {"main": 95, "_STEP_PRIORITY=1": 95.5, "floor": 40})
+    assert cs.priority_allowed(small)
+    small["_STEP_PRIORITY=1"] = [x * 1.05 for x in small["main"]]
+    assert not cs.priority_allowed(small)
+    small = _times(rng, {"rows256": 95, "rows32": 86, "floor": 40}, rounds=50)
+    large = _times(rng, {"rows256": 4000, "rows32": 4010, "floor": 3650})
+    assert cs.decide_block_rows(small, large)[0]
+    large["rows32"] = [x * 1.01 for x in large["rows256"]]
+    assert not cs.decide_block_rows(small, large)[0]
+    small["rows32"] = small["rows256"]
+    assert not cs.decide_block_rows(small, large)[0]
+
+
+# -- the whole choice on the emulated backend -------------------------------------
+
+def test_the_whole_choice_runs_on_the_emulated_backend(tools, monkeypatch, tmp_path, capsys):
+    """Every sweep of choose_settings.py end to end, on config tiny: what it
+    prints, the settings it writes (whatever the emulator's timings choose),
+    and the class's settings as they were after it."""
+    from _cuda_emulator import emulated_backend
+
+    import gpubp.backends
+    from gpubp.bench import timing
+
+    knobs, cs, _ = tools
+    backend = emulated_backend(sms=8)
+    monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", 100)     # tiny's 12 x 12 layers
+    monkeypatch.setattr(gpubp.backends, "get_backend", lambda name="auto": backend)
+    monkeypatch.setattr(timing, "CupyEvents", timing.HostClock)
+    before = {name: getattr(type(backend), name) for name in knobs.NAMES}
+    out, runs = tmp_path / "settings.txt", tmp_path / "runs.json"
+    monkeypatch.setattr(sys, "argv", ["choose_settings.py", "--out", str(out), "--json", str(runs),
+                                      "--large", "tiny", "--small", "tiny", "--repeat", "4"])
+    assert cs.main() == 0
+    printed = capsys.readouterr().out
+    for line in ("small-priority: tiny", "large-tf32: tiny, tf32", "TF32 winner: ",
+                 "large-float32: tiny, float32", "_BG_BLOCK_ROWS: ", "chosen settings: "):
+        assert line in printed
+    settings = knobs.parse(out.read_text())
+    assert set(settings) <= set(knobs.NAMES)
+    saved = json.loads(runs.read_text())
+    assert set(saved) == {"small-priority", "large-tf32", "large-float32", "small-block-rows",
+                          "large-tf32-block-rows"}
+    assert set(saved["large-tf32"]) == {v or "main" for v in cs.TF32_VARIANTS} | {"floor"}
+    assert all(len(t) == 4 and min(t) > 0 for t in saved["large-tf32"].values())
+    assert {name: getattr(type(backend), name) for name in knobs.NAMES} == before
+
+
+def test_with_settings_sets_them_before_the_module_runs(tmp_path):
+    (tmp_path / "show_knobs.py").write_text(
+        "import sys\nfrom gpubp.backends.cupy_backend import CupyBackend as C\n"
+        "print(C._BESIDE_SMS, C._BACKWARD_BESIDE, C._STEP_PRIORITY, C._BG_BLOCK_ROWS, sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+
+    def run(settings):
+        done = subprocess.run([sys.executable, str(BENCH / "with_settings.py"), settings,
+                               "show_knobs", "--a", "b"], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert run("_BESIDE_SMS.tf32=16,_STEP_PRIORITY=1,_BG_BLOCK_ROWS=32") == \
+        "{'tf32': 16} False True 32 ['--a', 'b']"
+    assert run("") == "{} False False 256 ['--a', 'b']"
+
+
+def test_knob_sweep_reports_paired_wins(tools):
+    _, _, ks = tools
+    times = {"main": [10.0, 10.0, 10.0, 10.0], "fast": [9.0, 9.0, 11.0, 9.0], "floor": [8.0] * 4}
+    assert ks.wins(times, "fast") == 3
+    text = ks.report(times, "title")
+    assert text.splitlines()[0] == "title"
+    assert "0.900 of main's, faster in 3/4 rounds" in text and "over the floor 1.250" in text
+    assert np.isclose(statistics.median(times["fast"]), 9.0)
