@@ -252,6 +252,10 @@ class NumpyBackend:
             if out is not err:
                 xp.copyto(out, err)
             return out
+        if activation == "relu":                       # err [a > 0], the mask as bytes: a
+            mask = self._work.empty(a.shape, np.bool_, "relu_mask")   # quarter of the traffic
+            xp.greater(a, 0, out=mask)
+            return xp.multiply(err, mask, out=out)
         s = self._work(a)                              # s = g'(z) from a
         if activation == "sigmoid":                    # a (1 - a)
             xp.subtract(1, a, out=s)
@@ -259,8 +263,6 @@ class NumpyBackend:
         elif activation == "tanh":                     # 1 - a^2
             xp.multiply(a, a, out=s)
             xp.subtract(1, s, out=s)
-        elif activation == "relu":                     # [a > 0]
-            xp.greater(a, 0, out=s)
         elif activation == "leaky_relu":               # 1 if a > 0 else 0.01
             xp.greater(a, 0, out=s)
             s *= 1 - LEAKY_SLOPE

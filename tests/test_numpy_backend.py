@@ -1,4 +1,5 @@
-"""The NumPy backend's column sums (the bias gradients) as the product ones @ delta."""
+"""The NumPy backend's own forms of two operations: the column sums (the bias
+gradients) as the product ones @ delta, and the relu derivative as a byte mask."""
 
 import numpy as np
 import pytest
@@ -36,3 +37,23 @@ def test_bias_grad_of_no_rows_is_zero():
     out = np.full(5, np.nan, dtype=np.float32)
     NumpyBackend().bias_grad(np.empty((0, 5), dtype=np.float32), out=out)
     np.testing.assert_array_equal(out, np.zeros(5))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_backward_through_a_byte_mask_is_err_times_the_step(rng, dtype):
+    """err * [a > 0] exactly as multiplying by a float 0/1 gives it, signed zeros
+    and NaN in err included, in place too; the mask is reused from call to call."""
+    backend = NumpyBackend()
+    for _ in range(2):
+        a = np.maximum(rng.normal(size=(300, 70)), 0).astype(dtype)      # about half zeros
+        err = rng.normal(size=a.shape).astype(dtype)
+        err[0, :5] = [np.nan, -0.0, 0.0, np.inf, -np.inf]
+        a[0, :5] = [1.0, 1.0, 0.0, 0.0, 2.0]
+        out = np.full_like(a, np.nan)
+        with np.errstate(invalid="ignore"):                             # inf * 0, as before
+            expected = err * (a > 0).astype(dtype)
+            assert backend.activation_backward(err, a, "relu", out=out) is out
+            np.testing.assert_array_equal(out, expected)
+            assert np.signbit(out[0, 1]) and np.isnan(out[0, 3])      # -0 * 1; inf * 0
+            backend.activation_backward(err, a, "relu", out=err)        # in place
+        np.testing.assert_array_equal(err, expected)
