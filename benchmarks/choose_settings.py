@@ -50,7 +50,10 @@ def median(times, name):
 
 def beats(times, name, ref="main"):
     """``name`` faster than ``ref``: median at most FAST of ref's and faster
-    in at least SHARE of the (paired) rounds."""
+    in at least SHARE of the (paired) rounds. A variant left out of the sweep
+    (its step failed) beats nothing."""
+    if name not in times:
+        return False
     rounds = len(times[name])
     return (median(times, name) <= FAST * median(times, ref)
             and knob_sweep.wins(times, name, ref) >= SHARE * rounds)
@@ -68,8 +71,10 @@ def flags(settings):
 
 
 def priority_allowed(small):
-    """_STEP_PRIORITY may be chosen: small at most FLAG_COST slower with it."""
-    return median(small, "_STEP_PRIORITY=1") <= FLAG_COST * median(small, "main")
+    """_STEP_PRIORITY may be chosen: its small step was made, and is at most
+    FLAG_COST slower than main's."""
+    return ("_STEP_PRIORITY=1" in small
+            and median(small, "_STEP_PRIORITY=1") <= FLAG_COST * median(small, "main"))
 
 
 def decide_tf32(tf32, variants, allow_priority=True):
@@ -96,9 +101,9 @@ def decide_flags_and_float32(tf32, tf32_variants, winner, f32, f32_variants):
     notes = []
     wanted = flags(tf32_variants[winner])
     if wanted:
-        with_flags = [name for name, s in f32_variants.items() if flags(s) == wanted]
-        fastest = min(with_flags, key=lambda name: median(f32, name))
-        cost = median(f32, fastest) / median(f32, "main")
+        with_flags = [name for name, s in f32_variants.items() if flags(s) == wanted and name in f32]
+        fastest = min(with_flags, key=lambda name: median(f32, name), default=None)
+        cost = median(f32, fastest) / median(f32, "main") if fastest else float("inf")
         if cost <= FLAG_COST:
             notes.append(f"float32 with {', '.join(wanted)}: {cost:.3f} of main's "
                          f"(at most {FLAG_COST}): kept")
@@ -118,9 +123,10 @@ def chosen_settings(tf32_variants, winner, f32_variants, f32_choice):
 
 def decide_block_rows(small, large):
     """32 where it beats 256 on small and costs large TF32 at most BG_COST."""
-    if not beats(small, "rows32", "rows256"):
+    if "rows256" not in small or not beats(small, "rows32", "rows256"):
         return False, "small: 32 rows per block row does not beat 256"
-    cost = median(large, "rows32") / median(large, "rows256")
+    cost = (median(large, "rows32") / median(large, "rows256")
+            if {"rows32", "rows256"} <= set(large) else float("inf"))
     if cost > BG_COST:
         return False, f"small gains with 32, large TF32 pays {cost:.3f} (over {BG_COST})"
     return True, f"small gains with 32, large TF32 {cost:.3f} of 256's"

@@ -34,7 +34,8 @@ def sweep(backend, config, precision, variants, repeat=20, base=None, batches=1)
     """{name: [µs per round]} for each named variant ({name: settings}) and
     "floor". ``base`` settings go under every variant; the class's own are
     restored after. ``batches``: batches of data per workload (the step reads
-    the first)."""
+    the first). A variant whose step cannot be made is left out, its error
+    printed: the others are still compared."""
     from gpubp.bench.timing import CupyEvents
     from gpubp.bench.workloads import GemmFloor, GpubpWorkload
 
@@ -44,7 +45,12 @@ def sweep(backend, config, precision, variants, repeat=20, base=None, batches=1)
     try:
         for name, settings in variants.items():
             _knobs.apply(cls, _knobs.merge(main, base or {}, settings))   # read at capture
-            subjects[name] = GpubpWorkload(config, backend, batches, precision, graphs=True).step
+            try:
+                subjects[name] = GpubpWorkload(config, backend, batches, precision, graphs=True).step
+            except Exception as exc:
+                print(f"  {name or 'main'}: left out, its step failed: {type(exc).__name__}: {exc}",
+                      flush=True)
+                backend.synchronize_device()
     finally:
         _knobs.apply(cls, main)
     subjects["floor"] = GemmFloor(config, backend, precision).step

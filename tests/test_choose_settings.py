@@ -210,3 +210,45 @@ def test_knob_sweep_reports_paired_wins(tools):
     assert text.splitlines()[0] == "title"
     assert "0.900 of main's, faster in 3/4 rounds" in text and "over the floor 1.250" in text
     assert np.isclose(statistics.median(times["fast"]), 9.0)
+
+
+def test_a_variant_whose_step_fails_is_left_out_and_never_chosen(tools, monkeypatch, capsys, rng):
+    """On the emulated backend: a variant whose graph step cannot be made
+    (here: whatever asks for _STEP_PRIORITY) is left out of the sweep with its
+    error printed; the rules then treat it as beating nothing."""
+    from _cuda_emulator import emulated_backend
+
+    from gpubp.bench import timing, workloads
+    from gpubp.bench.configs import CONFIGS
+
+    knobs, cs, ks = tools
+    backend = emulated_backend(sms=8)
+    monkeypatch.setattr(timing, "CupyEvents", timing.HostClock)
+    real = workloads.GpubpWorkload
+
+    def workload(config, backend, *args, **kwargs):
+        if type(backend)._STEP_PRIORITY:
+            raise RuntimeError("no node priorities here")
+        return real(config, backend, *args, **kwargs)
+
+    monkeypatch.setattr(workloads, "GpubpWorkload", workload)
+    variants = {"main": {}, "_STEP_PRIORITY=1": {"_STEP_PRIORITY": True},
+                "_BG_BLOCK_ROWS=32": {"_BG_BLOCK_ROWS": 32}}
+    times = ks.sweep(backend, CONFIGS["tiny"], "float32", variants, repeat=3)
+    assert set(times) == {"main", "_BG_BLOCK_ROWS=32", "floor"}
+    assert "_STEP_PRIORITY=1: left out, its step failed: RuntimeError: no node priorities here" \
+        in capsys.readouterr().out
+    assert type(backend)._STEP_PRIORITY is False
+    assert not cs.priority_allowed(times) and not cs.beats(times, "_STEP_PRIORITY=1")
+
+    # a flag TF32 wants whose float32 steps both failed is not kept
+    tf32_variants = {(v or "main"): knobs.parse(v, "tf32") for v in cs.TF32_VARIANTS}
+    tf32 = _times(rng, {name: 4200 for name in tf32_variants} | {
+        "_BESIDE_SMS=16": 4100, "_BESIDE_SMS=16,_BACKWARD_BESIDE=1": 4000, "floor": 3650})
+    winner = cs.decide_tf32(tf32, tf32_variants)
+    assert winner == "_BESIDE_SMS=16,_BACKWARD_BESIDE=1"
+    f32_variants = cs.float32_variants(cs.flags(tf32_variants[winner]))
+    f32 = _times(rng, {"main": 22000, "_BESIDE_SMS=4": 22100, "_BESIDE_SMS=16": 22300, "floor": 21400})
+    chosen, f32_choice, notes = cs.decide_flags_and_float32(tf32, tf32_variants, winner, f32, f32_variants)
+    assert (chosen, f32_choice) == ("_BESIDE_SMS=16", "main") and "inf of main's" in notes[0]
+    assert not cs.decide_block_rows({"rows256": [1.0] * 4}, {"rows256": [1.0] * 4})[0]
