@@ -34,8 +34,9 @@ import time
 import _knobs
 import knob_sweep
 
-TF32_VARIANTS = ["", "_BESIDE_SMS=8", "_BESIDE_SMS=16", "_BESIDE_SMS=32",
+TF32_VARIANTS = ["", "_BESIDE_SMS=4", "_BESIDE_SMS=8", "_BESIDE_SMS=16", "_BESIDE_SMS=32",
                  "_BESIDE_SMS=8,_BACKWARD_BESIDE=1", "_BESIDE_SMS=16,_BACKWARD_BESIDE=1",
+                 "_BESIDE_SMS=32,_BACKWARD_BESIDE=1",
                  "_BESIDE_SMS=16,_STEP_PRIORITY=1",
                  "_BESIDE_SMS=16,_BACKWARD_BESIDE=1,_STEP_PRIORITY=1"]
 FLOAT32_SMS = (4, 16)
