@@ -80,9 +80,10 @@ def test_merge_and_apply_restore(tools):
 
 # -- the rules, on made-up times ------------------------------------------------
 
-def _times(rng, medians, rounds=20, noise=0.002):
-    """Per-round times around each median, with a drift shared by the round."""
-    drift = 1 + rng.normal(scale=0.01, size=rounds)
+def _times(rng, medians, rounds=20, noise=0.001):
+    """Per-round times around each median, with a drift shared by the round
+    (small enough that every margin below holds for any seed)."""
+    drift = 1 + rng.normal(scale=0.003, size=rounds)
     return {name: list(m * drift * (1 + rng.normal(scale=noise, size=rounds)))
             for name, m in medians.items()}
 
@@ -136,12 +137,12 @@ def test_tf32_winner_and_the_flags_float32_pays_for(tools, rng):
 
 def test_priority_and_block_rows_rules(tools, rng):
     _, cs, _ = tools
-    small = _times(rng, {"main": 95, "_STEP_PRIORITY=1": 95.5, "floor": 40})
+    small = _times(rng, {"main": 95, "_STEP_PRIORITY=1": 95.2, "floor": 40})
     assert cs.priority_allowed(small)
     small["_STEP_PRIORITY=1"] = [x * 1.05 for x in small["main"]]
     assert not cs.priority_allowed(small)
     small = _times(rng, {"rows256": 95, "rows32": 86, "floor": 40}, rounds=50)
-    large = _times(rng, {"rows256": 4000, "rows32": 4010, "floor": 3650})
+    large = _times(rng, {"rows256": 4000, "rows32": 4004, "floor": 3650})     # 0.1%: within 0.5%
     assert cs.decide_block_rows(small, large)[0]
     large["rows32"] = [x * 1.01 for x in large["rows256"]]
     assert not cs.decide_block_rows(small, large)[0]
