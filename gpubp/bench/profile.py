@@ -186,7 +186,9 @@ def profile_table(profiles, meta):
         for r in p["ops"]:
             lines.append(f"  {r['op']:<24}{r['calls']:>6}{r['median_us']:>11.1f}{r['share']:>8.1%}")
         rest = p["step_us"] - sum(r["median_us"] for r in p["ops"] if "(beside)" not in r["op"])
-        lines.append(f"  {'between operations':<24}{'':>6}{rest:>11.1f}{rest / p['step_us']:>8.1%}")
+        lines.append(f"  {'between operations':<24}{'':>6}{rest:>11.1f}{rest / p['step_us']:>8.1%}"
+                     + ("   (below 0: medians of the parts need not add up to the step's)"
+                        if rest < 0 else ""))
         if any("(beside)" in r["op"] for r in p["ops"]):
             lines.append("  (beside): on the second stream, beside the backward pass; timed from "
                          "its start to its end there, waits included, and not in the sum")
