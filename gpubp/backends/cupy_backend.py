@@ -408,10 +408,14 @@ class CupyBackend:
             return max(1, self._sms - fewer)
         return 0
 
+    def _large_layers(self, layer_sizes):
+        """The layers with at least _OVERLAP_MIN_WEIGHTS weights."""
+        return [layer for layer in range(len(layer_sizes) - 1)
+                if layer_sizes[layer] * layer_sizes[layer + 1] >= self._OVERLAP_MIN_WEIGHTS]
+
     def overlap_layers(self, layer_sizes):
         """The layers, past the first, with at least _OVERLAP_MIN_WEIGHTS weights."""
-        return [layer for layer in range(1, len(layer_sizes) - 1)
-                if layer_sizes[layer] * layer_sizes[layer + 1] >= self._OVERLAP_MIN_WEIGHTS]
+        return [layer for layer in self._large_layers(layer_sizes) if layer > 0]
 
     # The per-element work of the backward pass beside its GEMMs (off: not yet
     # measured; benchmarks/NOTES.md, "The sixth session"). For each layer in
@@ -424,10 +428,7 @@ class CupyBackend:
     def backward_beside(self, layer_sizes):
         """The layers with at least _OVERLAP_MIN_WEIGHTS weights, where
         _BACKWARD_BESIDE is on (MLP._backprop)."""
-        if not self._BACKWARD_BESIDE:
-            return []
-        return [layer for layer in range(len(layer_sizes) - 1)
-                if layer_sizes[layer] * layer_sizes[layer + 1] >= self._OVERLAP_MIN_WEIGHTS]
+        return self._large_layers(layer_sizes) if self._BACKWARD_BESIDE else []
 
     def beside(self, fn, lane="updates"):
         """Run fn's launches on this thread's stream for ``lane`` (one per lane:
