@@ -1,5 +1,6 @@
-"""The NumPy backend's own forms of two operations: the column sums (the bias
-gradients) as the product ones @ delta, and the relu derivative as a byte mask."""
+"""The NumPy backend's own forms of three operations: the column sums (the bias
+gradients) as the product ones @ delta, the relu derivative as a byte mask, and
+the optimizers' passes chunk by chunk."""
 
 import numpy as np
 import pytest
@@ -57,3 +58,51 @@ def test_relu_backward_through_a_byte_mask_is_err_times_the_step(rng, dtype):
             assert np.signbit(out[0, 1]) and np.isnan(out[0, 3])      # -0 * 1; inf * 0
             backend.activation_backward(err, a, "relu", out=err)        # in place
         np.testing.assert_array_equal(err, expected)
+
+
+class _OnePass(NumpyBackend):
+    PASS_CHUNK = None
+
+
+def _optimizer_state(rng, n, dtype):
+    p, g, buf, m = (rng.normal(size=n).astype(dtype) for _ in range(4))
+    v = (rng.normal(size=n) ** 2).astype(dtype)
+    return p, g, buf, m, v
+
+
+@pytest.mark.parametrize("chunk", [7, NumpyBackend.PASS_CHUNK])
+@pytest.mark.parametrize("n", [1, 6, 7, 8, 65535, 65536, 65537, 200003])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_optimizers_chunk_by_chunk_change_no_bit(rng, chunk, n, dtype):
+    """Every element goes through the same passes in the same order, chunked or
+    not: Adam, AdamW, SGD with and without (Nesterov) momentum, three steps each."""
+    class Chunked(NumpyBackend):
+        PASS_CHUNK = chunk
+    state = _optimizer_state(rng, n, dtype)
+    runs = {}
+    for backend in (Chunked(), _OnePass()):
+        p, g, buf, m, v = (a.copy() for a in state)
+        step, coef = np.zeros(1, np.int32), np.zeros(2)
+        sgd_p = p.copy()
+        for decay, momentum, nesterov in [(1.0, 0.0, False), (0.999, 0.9, False), (1.0, 0.9, True)]:
+            backend.adam_schedule(step, coef, 1e-3, 0.9, 0.999)
+            backend.adam(p, g, m, v, coef, decay=decay, beta1=0.9, beta2=0.999, eps=1e-8)
+            backend.sgd(sgd_p, g, None if momentum == 0.0 else buf, 0.05, momentum, nesterov)
+        runs[backend.PASS_CHUNK] = (p, m, v, sgd_p, buf)
+    for chunked, whole in zip(runs[chunk], runs[None]):
+        np.testing.assert_array_equal(chunked, whole)
+    assert not np.array_equal(runs[chunk][0], state[0])          # the steps did move p
+
+
+def test_optimizers_chunk_by_chunk_reuse_one_work_array(rng):
+    """A step allocates nothing after its first: the chunks share one work array."""
+    backend = NumpyBackend()
+    p, g, buf, m, v = _optimizer_state(rng, 3 * NumpyBackend.PASS_CHUNK + 5, "float32")
+    coef = np.array([1e-3, 0.5])
+    backend.adam(p, g, m, v, coef, decay=1.0, beta1=0.9, beta2=0.999, eps=1e-8)
+    backend.sgd(p, g, buf, 0.05, 0.9, False)
+    held = {id(a) for a in backend._work.live()}
+    assert len(held) == 1
+    backend.adam(p, g, m, v, coef, decay=1.0, beta1=0.9, beta2=0.999, eps=1e-8)
+    backend.sgd(p, g, buf, 0.05, 0.9, True)
+    assert {id(a) for a in backend._work.live()} == held

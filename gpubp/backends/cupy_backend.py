@@ -496,6 +496,7 @@ class PlainCupyBackend(NumpyBackend):
     time it beside :class:`CupyBackend` so that each kernel's worth is measured."""
 
     name = "cupy-unfused"
+    PASS_CHUNK = None                                 # one launch per pass, as plain CuPy writes it
 
     def __init__(self):
         self._gpu = CupyBackend()

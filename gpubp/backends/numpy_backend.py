@@ -106,6 +106,12 @@ def _sigmoid(xp, x, out):
 class NumpyBackend:
     name = "numpy"
     xp = np
+    # The optimizers' many passes over the flat buffer run on chunks of this
+    # many elements: five arrays of 64 Ki float32 (1.25 MiB) stay in a core's
+    # L2 cache from one pass to the next, where the whole buffer would be read
+    # from L3 or memory on every pass (Adam 0.77-0.87 of its time on one
+    # chunk; benchmarks/NOTES.md, CPU section 6). None: one pass each.
+    PASS_CHUNK = 65536
 
     def __init__(self):
         self._work = WorkArrays(self.xp)
@@ -334,21 +340,30 @@ class NumpyBackend:
         offset += m
 
     # -- optimizers ------------------------------------------------------------
+    def _chunks(self, n):
+        """``(start, stop)`` ranges of at most PASS_CHUNK elements covering ``range(n)``."""
+        c = self.PASS_CHUNK or max(n, 1)
+        return [(a, min(a + c, n)) for a in range(0, n, c)]
+
     def sgd(self, p, g, buf, lr, momentum, nesterov):
-        """PyTorch's SGD over the flat buffer (kernels/sgd.cu)."""
-        xp, t, s = self.xp, p.dtype.type, self._work(p)
-        if momentum == 0.0:
-            xp.multiply(g, t(lr), out=s)               # p -= lr g
-        else:
-            buf *= t(momentum)                         # buf = momentum buf + g
-            buf += g
-            if nesterov:                               # p -= lr (g + momentum buf)
-                xp.multiply(buf, t(momentum), out=s)
-                s += g
-                s *= t(lr)
-            else:                                      # p -= lr buf
-                xp.multiply(buf, t(lr), out=s)
-        p -= s
+        """PyTorch's SGD over the flat buffer (kernels/sgd.cu), chunk by chunk."""
+        xp, t = self.xp, p.dtype.type
+        work = self._work.empty((min(p.size, self.PASS_CHUNK or p.size),), p.dtype, "update")
+        for a, e in self._chunks(p.size):
+            pc, gc, s = p[a:e], g[a:e], work[:e - a]
+            if momentum == 0.0:
+                xp.multiply(gc, t(lr), out=s)          # p -= lr g
+            else:
+                bc = buf[a:e]
+                bc *= t(momentum)                      # buf = momentum buf + g
+                bc += gc
+                if nesterov:                           # p -= lr (g + momentum buf)
+                    xp.multiply(bc, t(momentum), out=s)
+                    s += gc
+                    s *= t(lr)
+                else:                                  # p -= lr buf
+                    xp.multiply(bc, t(lr), out=s)
+            pc -= s
 
     def adam_schedule(self, step, coef, lr, beta1, beta2):
         """Advances Adam's step count ``step`` (int32, 1 element) and writes
@@ -363,21 +378,24 @@ class NumpyBackend:
 
     def adam(self, p, g, m, v, coef, decay, beta1, beta2, eps):
         """PyTorch's Adam/AdamW over a range of the flat buffer (kernels/adam.cu),
-        with the step's ``coef`` from adam_schedule."""
-        xp, t, s = self.xp, p.dtype.type, self._work(p)
+        with the step's ``coef`` from adam_schedule, chunk by chunk."""
+        xp, t = self.xp, p.dtype.type
         step_size, bc2_sqrt = coef[0:1].astype(p.dtype), coef[1:2].astype(p.dtype)
-        xp.subtract(g, m, out=s)                       # m += (1 - beta1) (g - m)
-        s *= t(1) - t(beta1)
-        m += s
-        v *= t(beta2)                                  # v = beta2 v + (1 - beta2) g^2
-        xp.multiply(g, g, out=s)
-        s *= t(1) - t(beta2)
-        v += s
-        if decay != 1.0:                               # AdamW: p *= 1 - lr weight_decay
-            p *= t(decay)
-        xp.sqrt(v, out=s)                              # p -= step_size m / (sqrt(v) / bc2_sqrt + eps)
-        s /= bc2_sqrt
-        s += t(eps)
-        xp.divide(m, s, out=s)
-        s *= step_size
-        p -= s
+        work = self._work.empty((min(p.size, self.PASS_CHUNK or p.size),), p.dtype, "update")
+        for a, e in self._chunks(p.size):
+            pc, gc, mc, vc, s = p[a:e], g[a:e], m[a:e], v[a:e], work[:e - a]
+            xp.subtract(gc, mc, out=s)                 # m += (1 - beta1) (g - m)
+            s *= t(1) - t(beta1)
+            mc += s
+            vc *= t(beta2)                             # v = beta2 v + (1 - beta2) g^2
+            xp.multiply(gc, gc, out=s)
+            s *= t(1) - t(beta2)
+            vc += s
+            if decay != 1.0:                           # AdamW: p *= 1 - lr weight_decay
+                pc *= t(decay)
+            xp.sqrt(vc, out=s)                         # p -= step_size m / (sqrt(v) / bc2_sqrt + eps)
+            s /= bc2_sqrt
+            s += t(eps)
+            xp.divide(mc, s, out=s)
+            s *= step_size
+            pc -= s
