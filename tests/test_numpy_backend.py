@@ -106,3 +106,25 @@ def test_optimizers_chunk_by_chunk_reuse_one_work_array(rng):
     backend.adam(p, g, m, v, coef, decay=1.0, beta1=0.9, beta2=0.999, eps=1e-8)
     backend.sgd(p, g, buf, 0.05, 0.9, True)
     assert {id(a) for a in backend._work.live()} == held
+
+
+@pytest.mark.parametrize("k", [1, 2, 10, 16, 17, 100])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_max_and_row_sum(rng, k, dtype):
+    """The short-row forms: maxima exactly NumPy's (NaN included), sums within
+    a few roundings of float64's; softmax rows then sum to 1."""
+    backend = NumpyBackend()
+    z = rng.normal(scale=3.0, size=(300, k)).astype(dtype)
+    z[7, k // 2] = np.nan
+    out = np.full((300, 1), -1.0, dtype=dtype)
+    assert backend._row_max(z, out=out) is out
+    np.testing.assert_array_equal(out[:, 0], z.max(axis=1))
+    z[7, k // 2] = 1.0
+    assert backend._row_sum(z, out=out) is out
+    exact = z.astype(np.float64).sum(axis=1)
+    scale = np.abs(z.astype(np.float64)).sum(axis=1)
+    assert np.max(np.abs(out[:, 0] - exact) / scale) < TOL[dtype]
+    p = backend.softmax(z, out=np.empty_like(z))
+    ref = np.exp(z.astype(np.float64) - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(p, ref / ref.sum(axis=1, keepdims=True), rtol=TOL[dtype] * 10,
+                               atol=TOL[dtype])

@@ -161,10 +161,33 @@ class NumpyBackend:
 
     def softmax(self, z, out):
         """out = softmax(z) row by row (kernels/softmax_cross_entropy.cu, variant 2)."""
-        xp = self.xp
-        xp.subtract(z, z.max(axis=1, keepdims=True), out=out)
+        xp, m = self.xp, z.shape[0]
+        zmax, sums = (self._work.empty((m, 1), z.dtype, slot) for slot in ("zmax", "sums"))
+        xp.subtract(z, self._row_max(z, out=zmax), out=out)
         xp.exp(out, out=out)
-        out /= out.sum(axis=1, keepdims=True)
+        out /= self._row_sum(out, out=sums)
+        return out
+
+    def _row_max(self, z, out):
+        """out[i, 0] = max_j z[i, j]. NumPy reduces a short row element by element
+        (25 µs for 256 x 10); for k <= 16 columns, k - 1 vector maxima take 5."""
+        xp, k = self.xp, z.shape[1]
+        if xp is not np or k > 16 or k < 2:
+            return xp.max(z, axis=1, keepdims=True, out=out)
+        col = out[:, 0]
+        xp.maximum(z[:, 0], z[:, 1], out=col)
+        for j in range(2, k):
+            xp.maximum(col, z[:, j], out=col)
+        return out
+
+    def _row_sum(self, z, out):
+        """out[i, 0] = sum_j z[i, j], on NumPy as BLAS's product z @ ones (1.8
+        against 7.8 µs for 256 x 10), as bias_grad sums columns."""
+        xp = self.xp
+        if xp is not np:
+            return xp.sum(z, axis=1, keepdims=True, out=out)
+        ones = self._work.empty((z.shape[1],), z.dtype, "ones", init=lambda a: a.fill(1))
+        xp.matmul(z, ones, out=out[:, 0])
         return out
 
     # -- loss and output delta ----------------------------------------------
@@ -176,10 +199,9 @@ class NumpyBackend:
         """
         xp, (m, k) = self.xp, z.shape
         zmax, sums, lse = (self._work.empty((m, 1), z.dtype, slot) for slot in ("zmax", "sums", "lse"))
-        xp.max(z, axis=1, keepdims=True, out=zmax)
-        xp.subtract(z, zmax, out=delta)
+        xp.subtract(z, self._row_max(z, out=zmax), out=delta)
         xp.exp(delta, out=delta)
-        xp.sum(delta, axis=1, keepdims=True, out=sums)
+        self._row_sum(delta, out=sums)
         xp.log(sums, out=lse)                           # lse = zmax + log(sums)
         lse += zmax
         delta /= sums                                   # delta = p
@@ -200,8 +222,7 @@ class NumpyBackend:
             xp.subtract(lse, z, out=s)
             s *= y
             loss += xp.sum(s, dtype=np.float64)
-            xp.sum(y, axis=1, keepdims=True, out=sums)
-            delta *= sums
+            delta *= self._row_sum(y, out=sums)
             delta -= y
         delta *= scale
         return delta
