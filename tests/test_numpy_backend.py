@@ -128,3 +128,27 @@ def test_row_max_and_row_sum(rng, k, dtype):
     ref = np.exp(z.astype(np.float64) - z.max(axis=1, keepdims=True))
     np.testing.assert_allclose(p, ref / ref.sum(axis=1, keepdims=True), rtol=TOL[dtype] * 10,
                                atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "tanh", "relu", "leaky_relu"])
+@pytest.mark.parametrize("shape", [(0, 5), (1, 3), (37, 5), (300, 64), (2100, 40)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_activations_block_by_block_change_no_bit(rng, activation, shape, dtype):
+    """Forward (bias + g) and backward (err * g') by blocks of rows, out of
+    place and in place, are the one-pass results bit for bit (blocks of 7
+    elements, so of one row where rows are wider, and the default)."""
+    class Blocks(NumpyBackend):
+        PASS_CHUNK = 7
+    z = rng.normal(size=shape).astype(dtype)
+    b = rng.normal(size=shape[1]).astype(dtype)
+    err = rng.normal(size=shape).astype(dtype)
+    whole = _OnePass()
+    a_ref = whole.bias_activation(z.copy(), b, activation)
+    d_ref = whole.activation_backward(err, a_ref, activation, out=np.empty_like(z))
+    for backend in (Blocks(), NumpyBackend()):
+        a = backend.bias_activation(z.copy(), b, activation)
+        np.testing.assert_array_equal(a, a_ref)
+        np.testing.assert_array_equal(backend.activation_backward(err, a, activation, out=np.empty_like(z)), d_ref)
+        e = err.copy()
+        assert backend.activation_backward(e, a, activation, out=e) is e
+        np.testing.assert_array_equal(e, d_ref)

@@ -116,6 +116,13 @@ class NumpyBackend:
     def __init__(self):
         self._work = WorkArrays(self.xp)
 
+    def _chunks(self, n, per=1):
+        """``(start, stop)`` ranges covering ``range(n)``, each of at most
+        PASS_CHUNK elements when every item holds ``per`` of them (rows of
+        ``per`` columns); one range where PASS_CHUNK is None."""
+        c = max(1, (self.PASS_CHUNK or n * per) // max(per, 1))
+        return [(a, min(a + c, n)) for a in range(0, n, c)]
+
     # -- moving arrays -------------------------------------------------
     def asarray(self, a, dtype=None):
         """``a`` as a C-contiguous NumPy array (no copy when it already is one)."""
@@ -138,7 +145,13 @@ class NumpyBackend:
 
     # -- forward ------------------------------------------------------------
     def bias_activation(self, z, b, activation):
-        """z <- g(z + b) in place (kernels/bias_activation.cu)."""
+        """z <- g(z + b) in place (kernels/bias_activation.cu), a block of rows
+        at a time so that each block stays in cache over the passes."""
+        for a, e in self._chunks(z.shape[0], per=z.shape[1]):
+            self._bias_activation_rows(z[a:e], b, activation)
+        return z
+
+    def _bias_activation_rows(self, z, b, activation):
         xp = self.xp
         xp.add(z, b, out=z)
         if activation == "sigmoid":
@@ -151,7 +164,6 @@ class NumpyBackend:
             s = self._work(z)
             xp.multiply(z, LEAKY_SLOPE, out=s)
             xp.maximum(z, s, out=z)
-        return z
 
     def dense_forward(self, a, w, b, activation, out, precision="float32"):
         """out = g(a @ w + b): a layer's product, then its bias and activation
@@ -273,12 +285,18 @@ class NumpyBackend:
 
     # -- backward -------------------------------------------------------------
     def activation_backward(self, err, a, activation, out):
-        """out = err * g'(z), g' from a = g(z) (kernels/activation_backward.cu)."""
-        xp = self.xp
+        """out = err * g'(z), g' from a = g(z) (kernels/activation_backward.cu),
+        a block of rows at a time as bias_activation."""
         if activation == "identity":
             if out is not err:
-                xp.copyto(out, err)
+                self.xp.copyto(out, err)
             return out
+        for r, e in self._chunks(a.shape[0], per=a.shape[1]):
+            self._activation_backward_rows(err[r:e], a[r:e], activation, out[r:e])
+        return out
+
+    def _activation_backward_rows(self, err, a, activation, out):
+        xp = self.xp
         if activation == "relu":                       # err [a > 0], the mask as bytes: a
             mask = self._work.empty(a.shape, np.bool_, "relu_mask")   # quarter of the traffic
             xp.greater(a, 0, out=mask)
@@ -361,11 +379,6 @@ class NumpyBackend:
         offset += m
 
     # -- optimizers ------------------------------------------------------------
-    def _chunks(self, n):
-        """``(start, stop)`` ranges of at most PASS_CHUNK elements covering ``range(n)``."""
-        c = self.PASS_CHUNK or max(n, 1)
-        return [(a, min(a + c, n)) for a in range(0, n, c)]
-
     def sgd(self, p, g, buf, lr, momentum, nesterov):
         """PyTorch's SGD over the flat buffer (kernels/sgd.cu), chunk by chunk."""
         xp, t = self.xp, p.dtype.type
