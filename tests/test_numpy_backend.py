@@ -152,3 +152,37 @@ def test_activations_block_by_block_change_no_bit(rng, activation, shape, dtype)
         e = err.copy()
         assert backend.activation_backward(e, a, activation, out=e) is e
         np.testing.assert_array_equal(e, d_ref)
+
+
+class _OtherArrayModule:
+    """NumPy under another name: the branches PlainCupyBackend takes on CuPy
+    (one pass per operation, the array module's own reductions)."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def test_the_plain_array_module_branches_agree_with_numpys(rng):
+    class Plain(NumpyBackend):
+        PASS_CHUNK = None
+        xp = _OtherArrayModule()
+    plain, numpy = Plain(), NumpyBackend()
+    z = rng.normal(scale=3.0, size=(300, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, size=300)
+    y = rng.uniform(size=z.shape).astype(np.float32)
+    for target in ({"y": None, "labels": labels}, {"y": y, "labels": None}):
+        out = []
+        for backend in (plain, numpy):
+            loss = np.zeros(1)
+            delta = backend.softmax_cross_entropy(z, target["y"], target["labels"],
+                                                  np.empty_like(z), loss, np.float32(0.5))
+            out.append((delta, loss))
+        np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-6)
+    np.testing.assert_allclose(plain.softmax(z, np.empty_like(z)), numpy.softmax(z, np.empty_like(z)),
+                               rtol=1e-6, atol=1e-7)
+    a = np.maximum(rng.normal(size=(300, 64)), 0).astype(np.float32)
+    assert plain._chunks(5000, per=64) == [(0, 5000)]
+    assert numpy._chunks(5000, per=64) == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096), (4096, 5000)]
+    np.testing.assert_array_equal(plain.activation_backward(z[:, :1].repeat(64, 1), a, "relu", np.empty_like(a)),
+                                  numpy.activation_backward(z[:, :1].repeat(64, 1), a, "relu", np.empty_like(a)))
