@@ -177,10 +177,11 @@ def test_the_plain_array_module_branches_agree_with_numpys(rng):
             delta = backend.softmax_cross_entropy(z, target["y"], target["labels"],
                                                   np.empty_like(z), loss, np.float32(0.5))
             out.append((delta, loss))
-        np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-6)
+        # float32, row sums added in another order: a few roundings of values near 1
+        np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-5)
     np.testing.assert_allclose(plain.softmax(z, np.empty_like(z)), numpy.softmax(z, np.empty_like(z)),
-                               rtol=1e-6, atol=1e-7)
+                               rtol=1e-5, atol=2e-6)
     a = np.maximum(rng.normal(size=(300, 64)), 0).astype(np.float32)
     assert plain._chunks(5000, per=64) == [(0, 5000)]
     assert numpy._chunks(5000, per=64) == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096), (4096, 5000)]
