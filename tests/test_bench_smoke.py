@@ -196,6 +196,29 @@ def test_a_run_hands_over_what_it_measured_after_each_config():
     assert snapshots[1]["measurements"] == results["measurements"]
 
 
+def test_each_cpu_subject_is_timed_after_the_threads_of_the_one_before_went_idle(monkeypatch):
+    """A pause of settle_s before each CPU subject's first timing, none between its
+    workloads: OpenBLAS's threads spin after a product and would slow the next subject."""
+    import importlib
+
+    run_module = importlib.import_module("gpubp.bench.run")   # the module, not gpubp.bench.run()
+    events = []
+    monkeypatch.setattr(run_module.time, "sleep", lambda s: events.append(("sleep", s)))
+    real_measure = run_module.measure
+
+    def measure(fn, clock, **kw):
+        events.append(("measure", fn.__self__.__class__.__name__, fn.__name__))
+        return real_measure(fn, clock, **kw)
+
+    monkeypatch.setattr(run_module, "measure", measure)
+    run([Config("a", (5, 4, 3), 4)], ["numpy"], Settings(quick=True, repeat=1, use_torch=False,
+                                                         settle_s=0.25), log=lambda s: None)
+    assert events == [("sleep", 0.25), ("measure", "GpubpWorkload", "forward"),
+                      ("measure", "GpubpWorkload", "step"), ("measure", "GpubpWorkload", "epoch"),
+                      ("sleep", 0.25), ("measure", "GemmFloor", "forward"),
+                      ("measure", "GemmFloor", "step")]
+
+
 def test_a_workload_that_fails_is_reported_and_the_run_goes_on(monkeypatch):
     """On a lent GPU one failing path (a peer, the unfused CuPy step) must not
     cost the rest of the run: the failure is listed with its reason, the other

@@ -8,6 +8,7 @@ import gc
 import os
 import platform
 import sys
+import time
 
 import numpy as np
 
@@ -21,8 +22,14 @@ WORKLOADS = ("forward", "step", "epoch")
 
 
 class Settings:
-    def __init__(self, quick=False, repeat=None, budget_s=None, use_torch=True, precision="float32"):
+    def __init__(self, quick=False, repeat=None, budget_s=None, use_torch=True, precision="float32",
+                 settle_s=0.3):
         self.quick = quick
+        # Idle time before each CPU subject: OpenBLAS's worker threads spin for about
+        # 0.1 s after a product (2^28 clock ticks), and a peer timed within that
+        # window shares the cores with them (PyTorch's small step: 4.05 against 3.60 ms,
+        # benchmarks/NOTES.md, CPU section 6).
+        self.settle_s = settle_s
         self.precision = precision
         self.repeat = repeat or (5 if quick else 30)
         self.warmup = 2 if quick else 5
@@ -187,6 +194,8 @@ def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=pri
                                                "reason": f"{type(exc).__name__}: {exc}"})
                     _free_gpu()
                     continue
+                if device == "cpu":
+                    time.sleep(settings.settle_s)
                 for workload in workloads:
                     try:
                         timing = measure(getattr(work, workload), clock(), repeat=settings.repeat,
