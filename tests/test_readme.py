@@ -93,3 +93,19 @@ def test_readme_rows_prints_the_h100_table(readme):
     assert len(lines) == 2 + len(H100_TARGETS)
     section = readme.split("**H100**", 1)[1].split("\n## ", 1)[0]
     assert "\n".join(lines) in section
+
+
+def test_the_later_cpu_runs_are_the_saved_ones(readme):
+    """Each row of the README's table of later CPU runs: its step ratios and its
+    count of wide-spread figures, as the saved run's JSON has them."""
+    import json
+
+    section = readme.split("Later runs on this machine", 1)[1].split("\n\n**", 1)[0]
+    rows = re.findall(r"^\| `(-\w)` \|[^|]*\|[^|]*\| ([^|]*)\| ([^|]*)\| ([^|]*)\| (\d+) \|$", section, re.M)
+    assert len(rows) >= 4
+    for suffix, *ratios, noisy in rows:
+        run = json.loads((ROOT / "benchmarks" / "results" / f"cpu-2core-2026-11-26{suffix}.json").read_text())
+        for config, shown in zip(("small", "medium", "narrow"), ratios):
+            saved = run["ratios"].get(config, {}).get("step", {}).get("numpy_over_torch_cpu")
+            assert (shown.strip() or None) == (None if saved is None else f"{saved:.2f}"), (suffix, config)
+        assert int(noisy) == sum(m["noisy"] for m in run["measurements"]), suffix
