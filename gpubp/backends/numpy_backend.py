@@ -106,11 +106,12 @@ def _sigmoid(xp, x, out):
 class NumpyBackend:
     name = "numpy"
     xp = np
-    # The optimizers' many passes over the flat buffer run on chunks of this
-    # many elements: five arrays of 64 Ki float32 (1.25 MiB) stay in a core's
-    # L2 cache from one pass to the next, where the whole buffer would be read
-    # from L3 or memory on every pass (Adam 0.77-0.87 of its time on one
-    # chunk; benchmarks/NOTES.md, CPU section 6). None: one pass each.
+    # The per-element passes of the optimizers (over the flat buffer) and of the
+    # activations (by rows) run on chunks of at most this many elements: five
+    # arrays of 64 Ki float32 (1.25 MiB) stay in a core's L2 cache from one pass
+    # to the next, where whole arrays would be read from L3 or memory on every
+    # pass (Adam alone in 0.77-0.87 of its one-pass time; benchmarks/NOTES.md,
+    # CPU section 6). None: each pass over the whole array at once.
     PASS_CHUNK = 65536
 
     def __init__(self):
