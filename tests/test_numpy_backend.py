@@ -154,18 +154,16 @@ def test_activations_block_by_block_change_no_bit(rng, activation, shape, dtype)
         np.testing.assert_array_equal(e, d_ref)
 
 
-class _OtherArrayModule:
-    """NumPy under another name: the branches PlainCupyBackend takes on CuPy
-    (one pass per operation, the array module's own reductions)."""
+def test_plain_cupys_own_forms_agree_with_numpys(rng):
+    """PlainCupyBackend's one pass per operation and its plain reductions (what it
+    runs on CuPy), here on NumPy arrays, against the NumPy backend's forms."""
+    from gpubp.backends.cupy_backend import PlainCupyBackend
 
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-
-def test_the_plain_array_module_branches_agree_with_numpys(rng):
     class Plain(NumpyBackend):
-        PASS_CHUNK = None
-        xp = _OtherArrayModule()
+        PASS_CHUNK = PlainCupyBackend.PASS_CHUNK
+        bias_grad = PlainCupyBackend.bias_grad
+        _row_max = PlainCupyBackend._row_max
+        _row_sum = PlainCupyBackend._row_sum
     plain, numpy = Plain(), NumpyBackend()
     z = rng.normal(scale=3.0, size=(300, 10)).astype(np.float32)
     labels = rng.integers(0, 10, size=300)
@@ -183,6 +181,7 @@ def test_the_plain_array_module_branches_agree_with_numpys(rng):
     np.testing.assert_allclose(plain.softmax(z, np.empty_like(z)), numpy.softmax(z, np.empty_like(z)),
                                rtol=1e-5, atol=2e-6)
     a = np.maximum(rng.normal(size=(300, 64)), 0).astype(np.float32)
+    assert sum_error(plain.bias_grad(a, out=np.empty(64, np.float32)), a) < TOL["float32"]
     assert plain._chunks(5000, per=64) == [(0, 5000)]
     assert numpy._chunks(5000, per=64) == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096), (4096, 5000)]
     np.testing.assert_array_equal(plain.activation_backward(z[:, :1].repeat(64, 1), a, "relu", np.empty_like(a)),

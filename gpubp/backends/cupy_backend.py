@@ -515,7 +515,14 @@ class PlainCupyBackend(NumpyBackend):
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
         return self._gpu.matmul(a, b, out, transa=transa, transb=transb, precision=precision)
 
+    # The NumPy backend's own forms of the reductions (products with ones, column
+    # maxima) would each be a fused kernel's worth here: plain CuPy's instead.
     def bias_grad(self, delta, out):
-        """out[j] = sum_i delta[i, j] as plain CuPy writes it (the NumPy
-        backend's product with ones would be a fused kernel's worth here)."""
+        """out[j] = sum_i delta[i, j] as plain CuPy writes it."""
         return self.xp.sum(delta, axis=0, out=out)
+
+    def _row_max(self, z, out):
+        return self.xp.max(z, axis=1, keepdims=True, out=out)
+
+    def _row_sum(self, z, out):
+        return self.xp.sum(z, axis=1, keepdims=True, out=out)
