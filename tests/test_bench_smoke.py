@@ -63,6 +63,8 @@ def test_cli_runs_every_numpy_path_and_the_json_holds_every_printed_figure(tmp_p
     for name, value in results["ratios"]["tiny"]["step"].items():
         assert re.search(rf"{name} {re.escape(fmt(value))}\b", printed)
     assert results["meta"]["date"] and results["meta"]["numpy"] and results["meta"]["cpu_cores"]
+    from gpubp.backends.numpy_backend import numba_loops
+    assert results["meta"]["numba"] == getattr(numba_loops(), "VERSION", None)   # which CPU path ran
 
 
 def test_cli_takes_a_network_of_your_own(tmp_path, capsys):

@@ -1,6 +1,7 @@
-"""The NumPy backend's own forms of three operations: the column sums (the bias
-gradients) as the product ones @ delta, the relu derivative as a byte mask, and
-the optimizers' passes chunk by chunk."""
+"""The NumPy backend's own forms of its operations: the column sums (the bias
+gradients) as the product ones @ delta, the relu derivative as a byte mask, the
+passes chunk by chunk, and the fused loops compiled by Numba (numba_loops.py),
+which must give the passes' results bit for bit."""
 
 import numpy as np
 import pytest
@@ -40,11 +41,13 @@ def test_bias_grad_of_no_rows_is_zero():
     np.testing.assert_array_equal(out, np.zeros(5))
 
 
+@pytest.mark.parametrize("loops", ["passes", "loops"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_relu_backward_through_a_byte_mask_is_err_times_the_step(rng, dtype):
+def test_relu_backward_through_a_byte_mask_is_err_times_the_step(rng, dtype, loops):
     """err * [a > 0] exactly as multiplying by a float 0/1 gives it, signed zeros
-    and NaN in err included, in place too; the mask is reused from call to call."""
-    backend = NumpyBackend()
+    and NaN in err included, in place too; the mask is reused from call to call.
+    The same of the fused loop."""
+    backend = NumpyBackend(loops=None) if loops == "passes" else NumpyBackend(loops=_numba_loops())
     for _ in range(2):
         a = np.maximum(rng.normal(size=(300, 70)), 0).astype(dtype)      # about half zeros
         err = rng.normal(size=a.shape).astype(dtype)
@@ -60,8 +63,39 @@ def test_relu_backward_through_a_byte_mask_is_err_times_the_step(rng, dtype):
         np.testing.assert_array_equal(err, expected)
 
 
-class _OnePass(NumpyBackend):
+class _Passes(NumpyBackend):
+    """NumPy's passes, never the fused loops."""
+
+    def __init__(self):
+        super().__init__(loops=None)
+
+
+class _OnePass(_Passes):
     PASS_CHUNK = None
+
+
+def _numba_loops():
+    pytest.importorskip("numba")            # in the test extra; optional for users
+    from gpubp.backends import numba_loops
+    return numba_loops
+
+
+class _CountedLoops:
+    """numba_loops, counting the calls of each loop (so that a test knows the
+    loops ran, and did not fall back to the passes)."""
+
+    def __init__(self):
+        self._loops, self.calls = _numba_loops(), {}
+        self.BACKWARD = {k: tuple(map(self._counted, fs)) for k, fs in self._loops.BACKWARD.items()}
+
+    def _counted(self, fn):
+        def call(*args):
+            self.calls[fn.__name__] = self.calls.get(fn.__name__, 0) + 1
+            return fn(*args)
+        return call
+
+    def __getattr__(self, name):
+        return self._counted(getattr(self._loops, name))
 
 
 def _optimizer_state(rng, n, dtype):
@@ -76,7 +110,7 @@ def _optimizer_state(rng, n, dtype):
 def test_optimizers_chunk_by_chunk_change_no_bit(rng, chunk, n, dtype):
     """Every element goes through the same passes in the same order, chunked or
     not: Adam, AdamW, SGD with and without (Nesterov) momentum, three steps each."""
-    class Chunked(NumpyBackend):
+    class Chunked(_Passes):
         PASS_CHUNK = chunk
     state = _optimizer_state(rng, n, dtype)
     runs = {}
@@ -96,7 +130,7 @@ def test_optimizers_chunk_by_chunk_change_no_bit(rng, chunk, n, dtype):
 
 def test_optimizers_chunk_by_chunk_reuse_one_work_array(rng):
     """A step allocates nothing after its first: the chunks share one work array."""
-    backend = NumpyBackend()
+    backend = _Passes()
     p, g, buf, m, v = _optimizer_state(rng, 3 * NumpyBackend.PASS_CHUNK + 5, "float32")
     coef = np.array([1e-3, 0.5])
     backend.adam(p, g, m, v, coef, decay=1.0, beta1=0.9, beta2=0.999, eps=1e-8)
@@ -137,7 +171,7 @@ def test_activations_block_by_block_change_no_bit(rng, activation, shape, dtype)
     """Forward (bias + g) and backward (err * g') by blocks of rows, out of
     place and in place, are the one-pass results bit for bit (blocks of 7
     elements, so of one row where rows are wider, and the default)."""
-    class Blocks(NumpyBackend):
+    class Blocks(_Passes):
         PASS_CHUNK = 7
     z = rng.normal(size=shape).astype(dtype)
     b = rng.normal(size=shape[1]).astype(dtype)
@@ -145,7 +179,7 @@ def test_activations_block_by_block_change_no_bit(rng, activation, shape, dtype)
     whole = _OnePass()
     a_ref = whole.bias_activation(z.copy(), b, activation)
     d_ref = whole.activation_backward(err, a_ref, activation, out=np.empty_like(z))
-    for backend in (Blocks(), NumpyBackend()):
+    for backend in (Blocks(), _Passes()):
         a = backend.bias_activation(z.copy(), b, activation)
         np.testing.assert_array_equal(a, a_ref)
         np.testing.assert_array_equal(backend.activation_backward(err, a, activation, out=np.empty_like(z)), d_ref)
@@ -159,7 +193,7 @@ def test_plain_cupys_own_forms_agree_with_numpys(rng):
     runs on CuPy), here on NumPy arrays, against the NumPy backend's forms."""
     from gpubp.backends.cupy_backend import PlainCupyBackend
 
-    class Plain(NumpyBackend):
+    class Plain(_Passes):
         PASS_CHUNK = PlainCupyBackend.PASS_CHUNK
         bias_grad = PlainCupyBackend.bias_grad
         _row_max = PlainCupyBackend._row_max
@@ -186,3 +220,140 @@ def test_plain_cupys_own_forms_agree_with_numpys(rng):
     assert numpy._chunks(5000, per=64) == [(0, 1024), (1024, 2048), (2048, 3072), (3072, 4096), (4096, 5000)]
     np.testing.assert_array_equal(plain.activation_backward(z[:, :1].repeat(64, 1), a, "relu", np.empty_like(a)),
                                   numpy.activation_backward(z[:, :1].repeat(64, 1), a, "relu", np.empty_like(a)))
+
+
+# -- the fused loops (numba_loops.py) against the passes, bit for bit ---------------------
+
+def _special(a, rng):
+    """Signed zeros, infinities and NaN at random places of a (more than one of each)."""
+    flat = a.reshape(-1)
+    for value in (0.0, -0.0, np.inf, -np.inf, np.nan)[:flat.size]:
+        flat[rng.integers(0, flat.size, size=max(1, flat.size // 50))] = value
+    return a
+
+
+def _same_bits(x, y):
+    """Equal, NaN where NaN, and zeros of the same sign."""
+    np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(np.signbit(x), np.signbit(y))
+
+
+@pytest.mark.parametrize("n", [1, 7, 31, 1000, 269322])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_optimizers_are_the_passes_bit_for_bit(rng, n, dtype):
+    """Adam, AdamW, SGD, with momentum and with Nesterov's, three steps each,
+    from the same state: every parameter and moment the same bits."""
+    fused, passes = NumpyBackend(loops=_CountedLoops()), _Passes()
+    state = _optimizer_state(rng, n, dtype)
+    runs = []
+    for backend in (fused, passes):
+        p, g, buf, m, v = (a.copy() for a in state)
+        step, coef = np.zeros(1, np.int32), np.zeros(2)
+        sgd_p = p.copy()
+        for decay, momentum, nesterov in [(1.0, 0.0, False), (0.999, 0.9, False), (1.0, 0.9, True),
+                                          (0.99, 0.5, True)]:
+            backend.adam_schedule(step, coef, 1e-3, 0.9, 0.999)
+            backend.adam(p, g, m, v, coef, decay=decay, beta1=0.9, beta2=0.999, eps=1e-8)
+            backend.sgd(sgd_p, g, None if momentum == 0.0 else buf, 0.05, momentum, nesterov)
+        runs.append((p, m, v, sgd_p, buf))
+    for x, y in zip(*runs):
+        _same_bits(x, y)
+    assert not np.array_equal(runs[0][0], state[0])
+    assert fused.loops.calls == {"adam": 4, "sgd": 1, "sgd_momentum": 3}
+
+
+def test_fused_adam_keeps_infinities_and_nan_as_the_passes_do(rng):
+    fused, passes = NumpyBackend(loops=_numba_loops()), _Passes()
+    p, g, buf, m, v = _optimizer_state(rng, 5000, "float32")
+    g = _special(g, rng)
+    v[:10] = 0.0                                        # sqrt(0) / c + eps: no division by 0
+    out = []
+    for backend in (fused, passes):
+        q, mm, vv = p.copy(), m.copy(), v.copy()
+        with np.errstate(invalid="ignore", over="ignore"):
+            backend.adam(q, g, mm, vv, np.array([1e-3, 0.03]), decay=0.999, beta1=0.9, beta2=0.999, eps=1e-8)
+        out.append((q, mm, vv))
+    for x, y in zip(*out):
+        _same_bits(x, y)
+    assert np.isnan(out[0][0]).any() and np.isfinite(out[0][0]).any()
+
+
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "tanh", "relu", "leaky_relu"])
+@pytest.mark.parametrize("shape", [(0, 5), (1, 3), (37, 5), (300, 64), (2100, 40)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_activations_are_the_passes_bit_for_bit(rng, activation, shape, dtype):
+    """bias + g forward (the loops take relu and leaky relu) and err * g'
+    backward, out of place and in place, with signed zeros, infinities and NaN
+    among the inputs: the same bits as NumPy's passes (np.maximum's choice of
+    zero's sign included)."""
+    fused, passes = NumpyBackend(loops=_CountedLoops()), _Passes()
+    z = _special(rng.normal(size=shape).astype(dtype), rng)
+    b = rng.normal(size=shape[1]).astype(dtype)
+    b[:2] = [-0.0, 0.0][:shape[1]]
+    err = _special(rng.normal(size=shape).astype(dtype), rng)
+    with np.errstate(invalid="ignore", over="ignore"):
+        a_ref = passes.bias_activation(z.copy(), b, activation)
+        a = fused.bias_activation(z.copy(), b, activation)
+        _same_bits(a, a_ref)
+        a = _special(rng.uniform(-1.5, 1.5, size=shape).astype(dtype), rng)
+        d_ref = passes.activation_backward(err, a, activation, out=np.empty_like(z))
+        _same_bits(fused.activation_backward(err, a, activation, out=np.empty_like(z)), d_ref)
+        e = err.copy()
+        assert fused.activation_backward(e, a, activation, out=e) is e
+        _same_bits(e, d_ref)
+    expected = {} if activation == "identity" else {f"{activation}_backward": 1, f"{activation}_backward_inplace": 1}
+    if activation in ("relu", "leaky_relu"):
+        expected[f"bias_{activation}"] = 1
+    assert fused.loops.calls == expected
+
+
+def test_fused_loops_leave_strided_arrays_and_other_dtypes_to_the_passes(rng):
+    """A column slice (not C-contiguous) or a float16 array goes through NumPy's
+    passes with the same results."""
+    fused, passes = NumpyBackend(loops=_numba_loops()), _Passes()
+    base = rng.normal(size=(50, 40)).astype(np.float32)
+    err, a = base[:, ::2], rng.uniform(size=(50, 20)).astype(np.float32)
+    _same_bits(fused.activation_backward(err, a, "sigmoid", out=np.empty_like(a)),
+               passes.activation_backward(err, a, "sigmoid", out=np.empty_like(a)))
+    z16, b16 = base.astype(np.float16), rng.normal(size=40).astype(np.float16)
+    _same_bits(fused.bias_activation(z16.copy(), b16, "relu"), passes.bias_activation(z16.copy(), b16, "relu"))
+
+
+def test_training_with_the_fused_loops_ends_with_the_same_parameters(rng):
+    """Whole epochs on both forms of the CPU path: relu, leaky relu, sigmoid and
+    tanh layers, Adam with weight decay (AdamW) and SGD with Nesterov momentum,
+    the same bits at the end."""
+    from gpubp import MLP, Trainer
+    from gpubp.optim import SGD, AdamW
+    X = rng.normal(size=(300, 12)).astype(np.float32)
+    labels = rng.integers(0, 4, size=300)
+    for activation, optimizer in [("relu", lambda: AdamW(3e-3, weight_decay=0.01)),
+                                  ("leaky_relu", lambda: SGD(0.05, momentum=0.9, nesterov=True)),
+                                  ("sigmoid", lambda: AdamW(3e-3, weight_decay=0.01)),
+                                  ("tanh", lambda: SGD(0.05, momentum=0.9))]:
+        ends, loops = [], _CountedLoops()
+        for backend in (NumpyBackend(loops=loops), _Passes()):
+            model = MLP((12, 32, 16, 4), activation, "softmax", backend=backend, seed=3)
+            Trainer(model, loss="cross_entropy", optimizer=optimizer(), batch_size=32, seed=1,
+                    l2=1e-3).fit(X, labels, epochs=3)
+            ends.append(model.get_params())
+        for (w, b), (w_ref, b_ref) in zip(*ends):
+            _same_bits(w, w_ref)
+            _same_bits(b, b_ref)
+            assert np.isfinite(w).all()
+        assert loops.calls.get(f"{activation}_backward_inplace", 0) > 0
+        assert loops.calls.get("adam" if activation in ("relu", "sigmoid") else "sgd_momentum", 0) > 0
+
+
+def test_the_fused_loops_are_optional(monkeypatch):
+    """Without Numba, or with GPUBP_NUMBA=0, the NumPy backend makes its passes."""
+    import sys
+
+    from gpubp.backends.numpy_backend import numba_loops
+    monkeypatch.setenv("GPUBP_NUMBA", "0")
+    assert numba_loops() is None and NumpyBackend().loops is None
+    monkeypatch.delenv("GPUBP_NUMBA")
+    monkeypatch.setitem(sys.modules, "numba", None)               # import numba fails
+    monkeypatch.delitem(sys.modules, "gpubp.backends.numba_loops", raising=False)
+    monkeypatch.delattr("gpubp.backends.numba_loops", raising=False)
+    assert numba_loops() is None and NumpyBackend().loops is None

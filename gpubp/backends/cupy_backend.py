@@ -501,7 +501,7 @@ class PlainCupyBackend(NumpyBackend):
     def __init__(self):
         self._gpu = CupyBackend()
         self.xp = self._gpu.xp
-        super().__init__()                            # work arrays on the GPU
+        super().__init__(loops=None)                  # work arrays on the GPU; no CPU loops
 
     def asarray(self, a, dtype=None):
         return self._gpu.asarray(a, dtype=dtype)

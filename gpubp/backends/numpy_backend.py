@@ -11,6 +11,7 @@ tests hold the two to each other.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections import OrderedDict
 
@@ -103,6 +104,25 @@ def _sigmoid(xp, x, out):
     return xp.add(out, 0.5, out=out)
 
 
+def numba_loops():
+    """gpubp.backends.numba_loops where Numba imports and ``$GPUBP_NUMBA`` is not
+    0; else None, and the NumPy backend makes its passes one by one."""
+    if os.environ.get("GPUBP_NUMBA", "").strip() in ("0", "false", "no", "off"):
+        return None
+    try:
+        from . import numba_loops as loops
+    except ImportError:
+        return None
+    return loops
+
+
+def _fusable(*arrays):
+    """The fused loops take C-contiguous float32 or float64 arrays of one dtype."""
+    dt = arrays[0].dtype
+    return dt in (np.float32, np.float64) and all(
+        a.dtype == dt and a.flags.c_contiguous for a in arrays)
+
+
 class NumpyBackend:
     name = "numpy"
     xp = np
@@ -114,8 +134,11 @@ class NumpyBackend:
     # CPU section 6). None: each pass over the whole array at once.
     PASS_CHUNK = 65536
 
-    def __init__(self):
+    def __init__(self, loops="auto"):
+        """``loops``: the fused per-element loops (gpubp.backends.numba_loops) or
+        None for NumPy's passes; "auto" takes them where Numba imports."""
         self._work = WorkArrays(self.xp)
+        self.loops = numba_loops() if loops == "auto" else loops
 
     def _chunks(self, n, per=1):
         """``(start, stop)`` ranges covering ``range(n)``, each of at most
@@ -147,7 +170,14 @@ class NumpyBackend:
     # -- forward ------------------------------------------------------------
     def bias_activation(self, z, b, activation):
         """z <- g(z + b) in place (kernels/bias_activation.cu), a block of rows
-        at a time so that each block stays in cache over the passes."""
+        at a time so that each block stays in cache over the passes (relu and
+        leaky relu in one loop, with Numba)."""
+        if self.loops is not None and activation in ("relu", "leaky_relu") and _fusable(z, b):
+            if activation == "relu":
+                self.loops.bias_relu(z, b)
+            else:
+                self.loops.bias_leaky_relu(z, b, z.dtype.type(LEAKY_SLOPE))
+            return z
         for a, e in self._chunks(z.shape[0], per=z.shape[1]):
             self._bias_activation_rows(z[a:e], b, activation)
         return z
@@ -289,8 +319,20 @@ class NumpyBackend:
             if out is not err:
                 self.xp.copyto(out, err)
             return out
+        if self.loops is not None and _fusable(err, a, out):
+            return self._activation_backward_loop(err, a, activation, out)
         for r, e in self._chunks(a.shape[0], per=a.shape[1]):
             self._activation_backward_rows(err[r:e], a[r:e], activation, out[r:e])
+        return out
+
+    def _activation_backward_loop(self, err, a, activation, out):
+        fused, fused_inplace = self.loops.BACKWARD[activation]
+        t = a.dtype.type
+        slopes = (t(LEAKY_SLOPE), t(1 - LEAKY_SLOPE)) if activation == "leaky_relu" else ()
+        if out is err:
+            fused_inplace(err.reshape(-1), a.reshape(-1), *slopes)
+        else:
+            fused(err.reshape(-1), a.reshape(-1), out.reshape(-1), *slopes)
         return out
 
     def _activation_backward_rows(self, err, a, activation, out):
@@ -380,6 +422,12 @@ class NumpyBackend:
     def sgd(self, p, g, buf, lr, momentum, nesterov):
         """PyTorch's SGD over the flat buffer (kernels/sgd.cu), chunk by chunk."""
         xp, t = self.xp, p.dtype.type
+        if self.loops is not None and _fusable(p, g, *(() if momentum == 0.0 else (buf,))):
+            if momentum == 0.0:
+                self.loops.sgd(p, g, t(lr))
+            else:
+                self.loops.sgd_momentum(p, g, buf, t(lr), t(momentum), bool(nesterov))
+            return
         work = self._work.empty((min(p.size, self.PASS_CHUNK or p.size),), p.dtype, "update")
         for a, e in self._chunks(p.size):
             pc, gc, s = p[a:e], g[a:e], work[:e - a]
@@ -413,6 +461,10 @@ class NumpyBackend:
         with the step's ``coef`` from adam_schedule, chunk by chunk."""
         xp, t = self.xp, p.dtype.type
         step_size, bc2_sqrt = coef[0:1].astype(p.dtype), coef[1:2].astype(p.dtype)
+        if self.loops is not None and _fusable(p, g, m, v):
+            self.loops.adam(p, g, m, v, step_size[0], bc2_sqrt[0], t(decay), t(1) - t(beta1),
+                            t(beta2), t(1) - t(beta2), t(eps))
+            return
         work = self._work.empty((min(p.size, self.PASS_CHUNK or p.size),), p.dtype, "update")
         for a, e in self._chunks(p.size):
             pc, gc, mc, vc, s = p[a:e], g[a:e], m[a:e], v[a:e], work[:e - a]

@@ -39,7 +39,8 @@ def table(results):
     meta = results["meta"]
     lines.append(f"gpubp bench  {meta['date']}  cpu: {meta['cpu']} ({meta['cpu_cores']} cores)  "
                  f"gpu: {meta['gpu'] or 'none'}")
-    lines.append(f"versions: gpubp {meta['gpubp']}, numpy {meta['numpy']}, cupy {meta['cupy'] or '-'}, "
+    loops = f"numba {meta['numba']} loops" if meta.get("numba") else "passes, no numba"
+    lines.append(f"versions: gpubp {meta['gpubp']}, numpy {meta['numpy']} ({loops}), cupy {meta['cupy'] or '-'}, "
                  f"torch {meta['torch'] or '-'}, python {meta['python']}")
     noisy = []
     for name, cfg in results["configs"].items():

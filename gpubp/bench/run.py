@@ -58,6 +58,8 @@ def environment():
         "python": platform.python_version(),
         "gpubp": __version__,
         "numpy": np.__version__,
+        # the NumPy backend's fused loops (Numba's version), or None for NumPy's passes
+        "numba": getattr(get_backend("numpy").loops, "VERSION", None),
         "torch": torch_version(),
         "cpu": _cpu_name(),
         "cpu_cores": os.cpu_count(),

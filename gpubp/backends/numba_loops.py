@@ -1,0 +1,172 @@
+"""The CPU's fused loops: a step's per-element passes in one loop each, compiled by Numba.
+
+NumPy makes one pass over memory per operation: Adam's update takes 13 of them,
+the sigmoid's derivative times the error three. Each loop here does one
+operation's whole arithmetic per element, in the same order and in the array's
+dtype, so it gives the NumPy backend's passes bit for bit (the tests hold them
+to it); LLVM vectorizes them. They mirror the CUDA kernels named in each
+docstring, as the passes in numpy_backend.py do, and those passes stay the
+readable definition and the path taken without Numba (``pip install
+gpubp[numba]``; ``GPUBP_NUMBA=0`` turns the loops off).
+
+Transcendental functions (the sigmoid's and tanh's forward, softmax's exp) stay
+with NumPy, whose tanh and exp are vectorized where Numba's call libm per element
+(and would round differently). Every function takes C-contiguous arrays; the
+caller checks. ``error_model="numpy"``: a division by zero gives inf or nan, as
+in NumPy, instead of raising.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False, error_model="numpy")
+
+VERSION = numba.__version__
+
+
+# -- optimizers (kernels/adam.cu, kernels/sgd.cu) ------------------------------------------
+@_jit
+def adam(p, g, m, v, step_size, bc2_sqrt, decay, one_minus_beta1, beta2, one_minus_beta2, eps):
+    """PyTorch's Adam/AdamW on 1-D arrays, every scalar in their dtype:
+    m += (1 - beta1) (g - m); v = beta2 v + (1 - beta2) g^2; p *= decay (AdamW,
+    skipped when 1); p -= step_size m / (sqrt(v) / bc2_sqrt + eps)."""
+    if decay != 1:                      # two loops: a test inside one would keep it scalar
+        for i in range(p.size):
+            p[i] = _adam_one(p[i] * decay, g[i], m, v, i, step_size, bc2_sqrt,
+                             one_minus_beta1, beta2, one_minus_beta2, eps)
+    else:
+        for i in range(p.size):
+            p[i] = _adam_one(p[i], g[i], m, v, i, step_size, bc2_sqrt,
+                             one_minus_beta1, beta2, one_minus_beta2, eps)
+
+
+@numba.njit(inline="always", fastmath=False, error_model="numpy")
+def _adam_one(pi, gi, m, v, i, step_size, bc2_sqrt, one_minus_beta1, beta2, one_minus_beta2, eps):
+    mi = m[i] + (gi - m[i]) * one_minus_beta1
+    vi = v[i] * beta2 + (gi * gi) * one_minus_beta2
+    m[i] = mi
+    v[i] = vi
+    return pi - (mi / (np.sqrt(vi) / bc2_sqrt + eps)) * step_size
+
+
+@_jit
+def sgd(p, g, lr):
+    """p -= lr g."""
+    for i in range(p.size):
+        p[i] -= g[i] * lr
+
+
+@_jit
+def sgd_momentum(p, g, buf, lr, momentum, nesterov):
+    """buf = momentum buf + g; p -= lr buf, or with Nesterov p -= lr (g + momentum buf)."""
+    if nesterov:
+        for i in range(p.size):
+            b = buf[i] * momentum + g[i]
+            buf[i] = b
+            p[i] -= (b * momentum + g[i]) * lr
+    else:
+        for i in range(p.size):
+            b = buf[i] * momentum + g[i]
+            buf[i] = b
+            p[i] -= b * lr
+
+
+# -- activations (kernels/bias_activation.cu, kernels/activation_backward.cu) --------------
+# The derivatives g'(z) from a = g(z); each loop is written out once per activation
+# (a branch inside the loop would keep LLVM from vectorizing it). ``out`` may not be
+# ``err``: for that case the *_inplace forms (LLVM's overlap check would otherwise send
+# the same array to its scalar loop, three times slower).
+
+@_jit
+def sigmoid_backward(err, a, out):
+    """out = err a (1 - a)."""
+    one = a.dtype.type(1)
+    for i in range(a.size):
+        out[i] = err[i] * ((one - a[i]) * a[i])
+
+
+@_jit
+def sigmoid_backward_inplace(err, a):
+    """err *= a (1 - a)."""
+    one = a.dtype.type(1)
+    for i in range(a.size):
+        err[i] *= (one - a[i]) * a[i]
+
+
+@_jit
+def tanh_backward(err, a, out):
+    """out = err (1 - a^2)."""
+    one = a.dtype.type(1)
+    for i in range(a.size):
+        out[i] = err[i] * (one - a[i] * a[i])
+
+
+@_jit
+def tanh_backward_inplace(err, a):
+    """err *= 1 - a^2."""
+    one = a.dtype.type(1)
+    for i in range(a.size):
+        err[i] *= one - a[i] * a[i]
+
+
+@_jit
+def relu_backward(err, a, out):
+    """out = err [a > 0] (err 0 or -0 where a <= 0, nan where err is)."""
+    zero, one = a.dtype.type(0), a.dtype.type(1)
+    for i in range(a.size):
+        out[i] = err[i] * (one if a[i] > zero else zero)
+
+
+@_jit
+def relu_backward_inplace(err, a):
+    """err *= [a > 0]."""
+    zero, one = a.dtype.type(0), a.dtype.type(1)
+    for i in range(a.size):
+        err[i] *= one if a[i] > zero else zero
+
+
+@_jit
+def leaky_relu_backward(err, a, out, slope, one_minus_slope):
+    """out = err ([a > 0] (1 - slope) + slope), as the NumPy passes round it."""
+    zero, one = a.dtype.type(0), a.dtype.type(1)
+    for i in range(a.size):
+        out[i] = err[i] * ((one if a[i] > zero else zero) * one_minus_slope + slope)
+
+
+@_jit
+def leaky_relu_backward_inplace(err, a, slope, one_minus_slope):
+    """err *= [a > 0] (1 - slope) + slope."""
+    zero, one = a.dtype.type(0), a.dtype.type(1)
+    for i in range(a.size):
+        err[i] *= (one if a[i] > zero else zero) * one_minus_slope + slope
+
+
+@_jit
+def bias_relu(z, b):
+    """z <- max(z + b, 0) on an m x n array, as np.maximum takes it: nan stays
+    nan, and of two equal values (-0 and 0) the second."""
+    zero = z.dtype.type(0)
+    for r in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            x = z[r, j] + b[j]
+            z[r, j] = x if (x > zero or x != x) else zero
+
+
+@_jit
+def bias_leaky_relu(z, b, slope):
+    """z <- max(z + b, slope (z + b)), as np.maximum."""
+    for r in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            x = z[r, j] + b[j]
+            s = x * slope
+            z[r, j] = x if (x > s or x != x) else s
+
+
+BACKWARD = {
+    "sigmoid": (sigmoid_backward, sigmoid_backward_inplace),
+    "tanh": (tanh_backward, tanh_backward_inplace),
+    "relu": (relu_backward, relu_backward_inplace),
+    "leaky_relu": (leaky_relu_backward, leaky_relu_backward_inplace),
+}
