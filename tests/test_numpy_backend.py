@@ -3,6 +3,9 @@ gradients) as the product ones @ delta, the relu derivative as a byte mask, the
 passes chunk by chunk, and the fused loops compiled by Numba (numba_loops.py),
 which must give the passes' results bit for bit."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _helpers import sum_error
@@ -357,3 +360,24 @@ def test_the_fused_loops_are_optional(monkeypatch):
     monkeypatch.delitem(sys.modules, "gpubp.backends.numba_loops", raising=False)
     monkeypatch.delattr("gpubp.backends.numba_loops", raising=False)
     assert numba_loops() is None and NumpyBackend().loops is None
+
+
+def test_the_fused_loops_work_where_nothing_can_be_cached(tmp_path):
+    """Where Numba finds no writable place for its cache (a read-only install, no
+    home directory), the loops still compile, each process anew."""
+    import subprocess
+    import sys
+    _numba_loops()
+    code = (
+        "import numba.core.caching as c; c.CacheImpl._locator_classes = []\n"
+        "import numpy as np\n"
+        "from gpubp.backends.numpy_backend import NumpyBackend\n"
+        "b = NumpyBackend(); assert b.loops is not None\n"
+        "p = np.ones(5, np.float32); b.sgd(p, np.ones(5, np.float32), None, 0.25, 0.0, False)\n"
+        "print(p.tolist())\n")
+    import gpubp
+    root = str(Path(gpubp.__file__).parent.parent)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0.75, 0.75, 0.75, 0.75, 0.75]"

@@ -21,7 +21,17 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False, error_model="numpy")
+_OPTIONS = dict(nogil=True, fastmath=False, boundscheck=False, error_model="numpy")
+
+
+def _jit(fn):
+    """Compiled on first call, and cached on disk (beside this file, or in the
+    user's cache directory) where a writable place exists; else each process
+    compiles again."""
+    try:
+        return numba.njit(cache=True, **_OPTIONS)(fn)
+    except RuntimeError:                       # "no locator available": nowhere to cache
+        return numba.njit(**_OPTIONS)(fn)
 
 VERSION = numba.__version__
 
@@ -42,7 +52,7 @@ def adam(p, g, m, v, step_size, bc2_sqrt, decay, one_minus_beta1, beta2, one_min
                              one_minus_beta1, beta2, one_minus_beta2, eps)
 
 
-@numba.njit(inline="always", fastmath=False, error_model="numpy")
+@numba.njit(inline="always", **_OPTIONS)
 def _adam_one(pi, gi, m, v, i, step_size, bc2_sqrt, one_minus_beta1, beta2, one_minus_beta2, eps):
     mi = m[i] + (gi - m[i]) * one_minus_beta1
     vi = v[i] * beta2 + (gi * gi) * one_minus_beta2

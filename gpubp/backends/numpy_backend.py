@@ -111,7 +111,7 @@ def numba_loops():
         return None
     try:
         from . import numba_loops as loops
-    except ImportError:
+    except Exception:          # not installed, or a Numba that does not work with this NumPy
         return None
     return loops
 
