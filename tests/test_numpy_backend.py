@@ -304,10 +304,12 @@ def test_fused_activations_are_the_passes_bit_for_bit(rng, activation, shape, dt
         e = err.copy()
         assert fused.activation_backward(e, a, activation, out=e) is e
         _same_bits(e, d_ref)
-    expected = {} if activation == "identity" else {f"{activation}_backward": 1, f"{activation}_backward_inplace": 1}
+    expected = set() if activation == "identity" else {f"{activation}_backward", f"{activation}_backward_inplace"}
     if activation in ("relu", "leaky_relu"):
-        expected[f"bias_{activation}"] = 1
-    assert fused.loops.calls == expected
+        expected.add(f"bias_{activation}")
+    if activation == "sigmoid" and shape[0] > 0:                 # (no block of rows: no call)
+        expected |= {"bias_half", "half_plus_half"}
+    assert set(fused.loops.calls) == expected
 
 
 def test_fused_loops_leave_strided_arrays_and_other_dtypes_to_the_passes(rng):

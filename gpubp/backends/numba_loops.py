@@ -174,6 +174,24 @@ def bias_leaky_relu(z, b, slope):
             z[r, j] = x if (x > s or x != x) else s
 
 
+@_jit
+def bias_half(z, b):
+    """z <- (z + b) / 2 on an m x n array: the sigmoid's first two passes, before
+    NumPy's tanh (sigmoid(x) = (1 + tanh(x / 2)) / 2)."""
+    half = z.dtype.type(0.5)
+    for r in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            z[r, j] = (z[r, j] + b[j]) * half
+
+
+@_jit
+def half_plus_half(z):
+    """z <- z / 2 + 1/2 on a 1-D array: the sigmoid's last two passes, after tanh."""
+    half = z.dtype.type(0.5)
+    for i in range(z.size):
+        z[i] = z[i] * half + half
+
+
 BACKWARD = {
     "sigmoid": (sigmoid_backward, sigmoid_backward_inplace),
     "tanh": (tanh_backward, tanh_backward_inplace),

@@ -171,19 +171,25 @@ class NumpyBackend:
     def bias_activation(self, z, b, activation):
         """z <- g(z + b) in place (kernels/bias_activation.cu), a block of rows
         at a time so that each block stays in cache over the passes (relu and
-        leaky relu in one loop, with Numba)."""
-        if self.loops is not None and activation in ("relu", "leaky_relu") and _fusable(z, b):
+        leaky relu in one loop with Numba, the sigmoid in three)."""
+        loops = self.loops if self.loops is not None and _fusable(z, b) else None
+        if loops is not None and activation in ("relu", "leaky_relu"):
             if activation == "relu":
-                self.loops.bias_relu(z, b)
+                loops.bias_relu(z, b)
             else:
-                self.loops.bias_leaky_relu(z, b, z.dtype.type(LEAKY_SLOPE))
+                loops.bias_leaky_relu(z, b, z.dtype.type(LEAKY_SLOPE))
             return z
         for a, e in self._chunks(z.shape[0], per=z.shape[1]):
-            self._bias_activation_rows(z[a:e], b, activation)
+            self._bias_activation_rows(z[a:e], b, activation, loops)
         return z
 
-    def _bias_activation_rows(self, z, b, activation):
+    def _bias_activation_rows(self, z, b, activation, loops=None):
         xp = self.xp
+        if loops is not None and activation == "sigmoid":   # _sigmoid's passes, in three
+            loops.bias_half(z, b)
+            xp.tanh(z, out=z)
+            loops.half_plus_half(z.reshape(-1))
+            return
         xp.add(z, b, out=z)
         if activation == "sigmoid":
             _sigmoid(xp, z, out=z)
