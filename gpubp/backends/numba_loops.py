@@ -192,6 +192,78 @@ def half_plus_half(z):
         z[i] = z[i] * half + half
 
 
+# -- losses (kernels/softmax_cross_entropy.cu, kernels/pointwise_loss.cu) ------------------
+# The deltas are the passes' to a rounding or two: the row sums go left to right here,
+# where the passes take BLAS's order, and exp and log are libm's, where NumPy has its
+# own. Each loss is summed in float64 and returned, for the caller to add.
+
+@_jit
+def softmax_cross_entropy_labels(z, labels, delta, scale):
+    """Per row i of z (m x k) with label l = labels[i] (clipped to [0, k - 1]):
+    s = sum_j exp(z_ij - max_j z_ij); lse = max + log s; loss += lse - z_il;
+    delta_ij = (exp(z_ij - max) / s - [j == l]) scale."""
+    m, k = z.shape
+    one = z.dtype.type(1)
+    loss = 0.0
+    for i in range(m):
+        zmax = _row_max(z, i, k)
+        s = z.dtype.type(0)
+        for j in range(k):
+            e = np.exp(z[i, j] - zmax)
+            delta[i, j] = e
+            s += e
+        lse = np.log(s) + zmax
+        label = min(max(labels[i], 0), k - 1)
+        loss += np.float64(lse - z[i, label])
+        for j in range(k):
+            p = delta[i, j] / s
+            delta[i, j] = (p - one if j == label else p) * scale
+    return loss
+
+
+@_jit
+def softmax_cross_entropy_dense(z, y, delta, scale):
+    """Per row i with targets y_i: loss += sum_j y_ij (lse - z_ij);
+    delta_ij = (p_ij sum_j y_ij - y_ij) scale, p = softmax(z_i)."""
+    m, k = z.shape
+    loss = 0.0
+    for i in range(m):
+        zmax = _row_max(z, i, k)
+        s = z.dtype.type(0)
+        ysum = z.dtype.type(0)
+        for j in range(k):
+            e = np.exp(z[i, j] - zmax)
+            delta[i, j] = e
+            s += e
+            ysum += y[i, j]
+        lse = np.log(s) + zmax
+        for j in range(k):
+            loss += np.float64((lse - z[i, j]) * y[i, j])
+            delta[i, j] = ((delta[i, j] / s) * ysum - y[i, j]) * scale
+    return loss
+
+
+@numba.njit(inline="always", **_OPTIONS)
+def _row_max(z, i, k):
+    """max_j z[i, j] as np.maximum takes it (nan wins)."""
+    zmax = z[i, 0]
+    for j in range(1, k):
+        x = z[i, j]
+        zmax = x if (x > zmax or x != x) else zmax
+    return zmax
+
+
+@_jit
+def mse_identity(z, y, delta, scale):
+    """delta = (z - y) scale; returns sum (z - y)^2 / 2, each square in z's dtype."""
+    loss = 0.0
+    for i in range(z.size):
+        d = z[i] - y[i]
+        loss += np.float64(d * d)
+        delta[i] = d * scale
+    return 0.5 * loss
+
+
 BACKWARD = {
     "sigmoid": (sigmoid_backward, sigmoid_backward_inplace),
     "tanh": (tanh_backward, tanh_backward_inplace),

@@ -244,6 +244,13 @@ class NumpyBackend:
         integer classes (variant 1). delta = scale (p sum(y) - y); loss += sum y (lse - z).
         """
         xp, (m, k) = self.xp, z.shape
+        if self.loops is not None and k > 0 and _fusable(z, delta, *(() if y is None else (y,))) \
+                and (y is not None or labels.flags.c_contiguous):
+            if y is None:
+                loss += self.loops.softmax_cross_entropy_labels(z, labels, delta, z.dtype.type(scale))
+            else:
+                loss += self.loops.softmax_cross_entropy_dense(z, y, delta, z.dtype.type(scale))
+            return delta
         zmax, sums, lse = (self._work.empty((m, 1), z.dtype, slot) for slot in ("zmax", "sums", "lse"))
         xp.subtract(z, self._row_max(z, out=zmax), out=delta)
         xp.exp(delta, out=delta)
@@ -291,6 +298,9 @@ class NumpyBackend:
         xp = self.xp
         if rows is not None:
             y = self.gather_rows(y, *rows, out=self._work(z, slot=2))
+        if kind == "mse_identity" and self.loops is not None and _fusable(z, y, delta):
+            loss += self.loops.mse_identity(z.reshape(-1), y.reshape(-1), delta.reshape(-1), z.dtype.type(scale))
+            return delta
         s = self._work(z)
         if kind == "mse_identity":
             xp.subtract(z, y, out=delta)
