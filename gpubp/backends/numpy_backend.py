@@ -6,6 +6,12 @@ file is named in the docstring) with plain array expressions, in place with
 the same code on CuPy arrays is the unfused GPU path the benchmarks compare the
 kernels with (``PlainCupyBackend``). The CuPy backend has the same methods; the
 tests hold the two to each other.
+
+On the CPU, where Numba is installed, the optimizers, the activations and the
+losses hand their arrays to ``numba_loops.py`` instead, which does the same
+arithmetic in one loop per operation (the same bits, or for the two losses
+within stated tolerances); the passes here stay the definition, and the path
+without Numba.
 """
 
 from __future__ import annotations
