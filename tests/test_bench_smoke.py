@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gpubp import get_backend
 from gpubp.__main__ import main
 from gpubp.bench import CONFIGS, Settings
 from gpubp.bench.configs import Config
@@ -37,6 +38,12 @@ def _bench(tmp_path, capsys, *extra):
     return printed, results
 
 
+def _loops():
+    """Whether the NumPy backend runs Numba's loops here (then the bench also
+    times its passes, as gpubp-numpy-passes)."""
+    return get_backend("numpy").loops is not None
+
+
 def test_cli_runs_every_numpy_path_and_the_json_holds_every_printed_figure(tmp_path, capsys):
     printed, results = _bench(tmp_path, capsys, "--config", "tiny", "--backend", "all")
     assert results["complete"] and not list(tmp_path.glob("*.tmp"))
@@ -44,7 +51,7 @@ def test_cli_runs_every_numpy_path_and_the_json_holds_every_printed_figure(tmp_p
     assert {("gpubp-numpy", w) for w in ("forward", "step", "epoch")} <= timed
     assert {("floor-numpy", "forward"), ("floor-numpy", "step")} <= timed
     reported = {s for s, _ in timed} | {s["subject"] for s in results["skipped"]}
-    assert reported >= {"gpubp-numpy", "floor-numpy", "torch-cpu", "floor-torch-cpu", "gpubp-cupy",
+    assert reported >= {"gpubp-numpy", "gpubp-numpy-passes", "floor-numpy", "torch-cpu", "floor-torch-cpu", "gpubp-cupy",
                         "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-cupy", "torch-cuda",
                         "torch-cuda-graph", "floor-torch-cuda"}
     for m in results["measurements"]:
@@ -65,6 +72,9 @@ def test_cli_runs_every_numpy_path_and_the_json_holds_every_printed_figure(tmp_p
     assert results["meta"]["date"] and results["meta"]["numpy"] and results["meta"]["cpu_cores"]
     from gpubp.backends.numpy_backend import numba_loops
     assert results["meta"]["numba"] == getattr(numba_loops(), "VERSION", None)   # which CPU path ran
+    if results["meta"]["numba"]:                     # the loops against NumPy's passes, side by side
+        assert {("gpubp-numpy-passes", "forward"), ("gpubp-numpy-passes", "step")} <= timed
+        assert "loops_speedup_over_passes" in results["ratios"]["tiny"]["step"]
 
 
 def test_cli_takes_a_network_of_your_own(tmp_path, capsys):
@@ -215,8 +225,11 @@ def test_each_cpu_subject_is_timed_after_the_threads_of_the_one_before_went_idle
     monkeypatch.setattr(run_module, "measure", measure)
     run([Config("a", (5, 4, 3), 4)], ["numpy"], Settings(quick=True, repeat=1, use_torch=False,
                                                          settle_s=0.25), log=lambda s: None)
+    passes = [("sleep", 0.25), ("measure", "GpubpWorkload", "forward"),   # gpubp-numpy-passes
+              ("measure", "GpubpWorkload", "step")] if _loops() else []
     assert events == [("sleep", 0.25), ("measure", "GpubpWorkload", "forward"),
                       ("measure", "GpubpWorkload", "step"), ("measure", "GpubpWorkload", "epoch"),
+                      *passes,
                       ("sleep", 0.25), ("measure", "GemmFloor", "forward"),
                       ("measure", "GemmFloor", "step")]
 
@@ -245,7 +258,8 @@ def test_a_workload_that_fails_is_reported_and_the_run_goes_on(monkeypatch):
                      if s["config"] == name and s["subject"] == "gpubp-numpy"]
         assert failed["workload"] == "step"
         assert failed["reason"] == "step failed: RuntimeError: planted failure"
-    assert "gpubp-numpy         skipped: step failed: RuntimeError: planted failure" in table(results)
+    shown = "gpubp-numpy, gpubp-numpy-passes: skipped" if _loops() else "gpubp-numpy         skipped"
+    assert f"{shown}: step failed: RuntimeError: planted failure" in table(results)
 
 
 def test_every_config_in_the_matrix_runs_on_numpy():
@@ -277,7 +291,8 @@ def test_cli_runs_the_precision_modes(tmp_path, capsys, precision):
                               "--precision", precision, "--no-torch")
     assert results["settings"]["precision"] == precision
     assert f"{precision} products" in printed
-    assert {m["subject"] for m in results["measurements"]} == {"gpubp-numpy", "floor-numpy"}
+    assert {m["subject"] for m in results["measurements"]} == \
+        {"gpubp-numpy", "floor-numpy"} | ({"gpubp-numpy-passes"} if _loops() else set())
 
 
 def test_kernel_table_runs_every_case():

@@ -7,7 +7,7 @@ import os
 
 from .run import RATIOS, WORKLOADS
 
-SUBJECT_ORDER = ["gpubp-numpy", "floor-numpy", "torch-cpu", "floor-torch-cpu", "gpubp-cupy",
+SUBJECT_ORDER = ["gpubp-numpy", "gpubp-numpy-passes", "floor-numpy", "torch-cpu", "floor-torch-cpu", "gpubp-cupy",
                  "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-cupy", "torch-cuda",
                  "torch-cuda-graph", "floor-torch-cuda"]
 
@@ -120,6 +120,7 @@ def plot(results, path):
         rs = results["ratios"][c].get("step", {})
         notes = [f"{label} {fmt(rs[key])}×" for key, label in
                  (("cupy_speedup_over_numpy", "GPU/CPU"), ("fused_speedup_over_unfused", "fused"),
+                  ("loops_speedup_over_passes", "loops"),
                   ("numpy_over_torch_cpu", "vs torch-cpu"), ("cupy_over_torch_cuda", "vs torch"))
                  if key in rs]
         if notes:

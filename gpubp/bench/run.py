@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..backends import BackendUnavailableError, available_backends, get_backend, plain_cupy_backend
+from ..backends.numpy_backend import NumpyBackend
 from .timing import CupyEvents, HostClock, TorchEvents, measure
 from .torch_peer import TorchGemmFloor, TorchWorkload, torch_version
 from .workloads import GemmFloor, GpubpWorkload
@@ -102,11 +103,21 @@ def plan(config, backend, settings, explicit=()):
     if backend == "numpy":
         if not config.cpu_by_default and config.name not in explicit:
             reason = f"the CPU runs {config.name} only when asked for by name (--config {config.name})"
-            return [(s, reason) for s in ("gpubp-numpy", "floor-numpy", "torch-cpu", "floor-torch-cpu")]
+            return [(s, reason) for s in ("gpubp-numpy", "gpubp-numpy-passes", "floor-numpy", "torch-cpu",
+                                          "floor-torch-cpu")]
         numpy = get_backend("numpy")
         out = [
             ("gpubp-numpy", "cpu", lambda: GpubpWorkload(config, numpy, n_batches, precision),
              HostClock, WORKLOADS),
+        ]
+        if numpy.loops is not None:                   # the worth of the Numba loops, measured
+            out.append(("gpubp-numpy-passes", "cpu",
+                        lambda: GpubpWorkload(config, NumpyBackend(loops=None), n_batches, precision),
+                        HostClock, ("forward", "step")))
+        else:
+            out.append(("gpubp-numpy-passes", "gpubp-numpy makes NumPy's passes itself "
+                        "(Numba is not installed, or GPUBP_NUMBA=0)"))
+        out += [
             ("floor-numpy", "cpu", lambda: GemmFloor(config, numpy, precision), HostClock,
              ("forward", "step")),
         ]
@@ -237,6 +248,7 @@ RATIOS = [  # (name, numerator subject, denominator subject): ratios of medians
     ("graph_over_floor", "gpubp-cupy-graph", "floor-cupy"),
     ("fused_speedup_over_unfused", "gpubp-cupy-unfused", "gpubp-cupy"),
     ("numpy_over_torch_cpu", "gpubp-numpy", "torch-cpu"),
+    ("loops_speedup_over_passes", "gpubp-numpy-passes", "gpubp-numpy"),
     ("numpy_over_floor", "gpubp-numpy", "floor-numpy"),
     ("torch_cuda_over_its_floor", "torch-cuda", "floor-torch-cuda"),
     ("torch_cpu_over_its_floor", "torch-cpu", "floor-torch-cpu"),
