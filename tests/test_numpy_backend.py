@@ -404,7 +404,7 @@ def test_the_fused_loops_work_where_nothing_can_be_cached(tmp_path):
     import gpubp
     root = str(Path(gpubp.__file__).parent.parent)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": root, "GPUBP_NUMBA": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0.75, 0.75, 0.75, 0.75, 0.75]"
 
