@@ -5,15 +5,17 @@ the sigmoid's derivative times the error three. Each loop here does one
 operation's whole arithmetic per element, in the same order and in the array's
 dtype, so it gives the NumPy backend's passes bit for bit (the tests hold them
 to it); LLVM vectorizes them. They mirror the CUDA kernels named in each
-docstring, as the passes in numpy_backend.py do, and those passes stay the
+section, as the passes in numpy_backend.py do, and those passes stay the
 readable definition and the path taken without Numba (``pip install
 gpubp[numba]``; ``GPUBP_NUMBA=0`` turns the loops off).
 
-Transcendental functions (the sigmoid's and tanh's forward, softmax's exp) stay
-with NumPy, whose tanh and exp are vectorized where Numba's call libm per element
-(and would round differently). Every function takes C-contiguous arrays; the
-caller checks. ``error_model="numpy"``: a division by zero gives inf or nan, as
-in NumPy, instead of raising.
+The exceptions are the two losses with a row sum or a transcendental function
+(softmax + cross-entropy, and the squared error's loss): their loops sum in
+another order than the passes and call libm's exp and log, so they are held to
+float64 within stated tolerances instead. The sigmoid's and tanh's forward keep
+NumPy's vectorized tanh between two loops. Every function takes C-contiguous
+arrays; the caller checks. ``error_model="numpy"``: a division by zero gives inf
+or nan, as in NumPy, instead of raising (and lets LLVM vectorize the division).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_OPTIONS = dict(nogil=True, fastmath=False, boundscheck=False, error_model="numpy")
+_OPTIONS = {"nogil": True, "fastmath": False, "boundscheck": False, "error_model": "numpy"}
 
 
 def _jit(fn):
@@ -32,6 +34,7 @@ def _jit(fn):
         return numba.njit(cache=True, **_OPTIONS)(fn)
     except RuntimeError:                       # "no locator available": nowhere to cache
         return numba.njit(**_OPTIONS)(fn)
+
 
 VERSION = numba.__version__
 
@@ -161,7 +164,7 @@ def bias_relu(z, b):
     for r in range(z.shape[0]):
         for j in range(z.shape[1]):
             x = z[r, j] + b[j]
-            z[r, j] = x if (x > zero or x != x) else zero
+            z[r, j] = x if (x > zero or np.isnan(x)) else zero
 
 
 @_jit
@@ -171,7 +174,7 @@ def bias_leaky_relu(z, b, slope):
         for j in range(z.shape[1]):
             x = z[r, j] + b[j]
             s = x * slope
-            z[r, j] = x if (x > s or x != x) else s
+            z[r, j] = x if (x > s or np.isnan(x)) else s
 
 
 @_jit
@@ -249,7 +252,7 @@ def _row_max(z, i, k):
     zmax = z[i, 0]
     for j in range(1, k):
         x = z[i, j]
-        zmax = x if (x > zmax or x != x) else zmax
+        zmax = x if (x > zmax or np.isnan(x)) else zmax
     return zmax
 
 

@@ -115,8 +115,8 @@ def plan(config, backend, settings, explicit=()):
                         lambda: GpubpWorkload(config, NumpyBackend(loops=None), n_batches, precision),
                         HostClock, ("forward", "step")))
         else:
-            out.append(("gpubp-numpy-passes", "gpubp-numpy makes NumPy's passes itself "
-                        "(Numba is not installed, or GPUBP_NUMBA=0)"))
+            out.append(("gpubp-numpy-passes", ("gpubp-numpy makes NumPy's passes itself "
+                                               "(Numba is not installed, or GPUBP_NUMBA=0)")))
         out += [
             ("floor-numpy", "cpu", lambda: GemmFloor(config, numpy, precision), HostClock,
              ("forward", "step")),
