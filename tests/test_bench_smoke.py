@@ -151,6 +151,22 @@ def test_cli_says_plot_needs_matplotlib_before_timing_anything(capsys, monkeypat
     assert "--plot needs matplotlib" in capsys.readouterr().err
 
 
+def test_the_passes_are_timed_beside_the_loops_only_where_the_loops_run(monkeypatch):
+    """With Numba's loops, gpubp-numpy-passes times the same step on NumPy's passes;
+    without them (no Numba, GPUBP_NUMBA=0) it is listed as skipped, saying why."""
+    numpy = get_backend("numpy")
+    tiny = CONFIGS["tiny"]
+    for loops in (None, "loops"):
+        monkeypatch.setattr(numpy, "loops", loops)
+        (entry,) = [e for e in plan(tiny, "numpy", Settings(quick=True, use_torch=False))
+                    if e[0] == "gpubp-numpy-passes"]
+        if loops is None:
+            assert entry == ("gpubp-numpy-passes", "gpubp-numpy makes NumPy's passes itself "
+                             "(Numba is not installed, or GPUBP_NUMBA=0)")
+        else:
+            assert entry[2]().model.backend.loops is None and entry[4] == ("forward", "step")
+
+
 def test_large_runs_on_the_cpu_only_when_named():
     large = CONFIGS["large"]
     skipped = plan(large, "numpy", Settings(quick=True))
