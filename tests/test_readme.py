@@ -95,12 +95,45 @@ def test_readme_rows_prints_the_h100_table(readme):
     assert "\n".join(lines) in section
 
 
+CPU_RUN = ROOT / "benchmarks" / "results" / "cpu-2core-2026-11-26-j.json"
+
+
+def test_the_cpu_table_is_the_saved_run(readme):
+    """Every figure of the README's 2-core CPU table is the saved run's, as the
+    bench prints it, and the target's ratio and verdict follow from its medians."""
+    import json
+
+    from gpubp.bench.report import fmt
+
+    data = json.loads(CPU_RUN.read_text())
+    assert data["complete"] and data["meta"]["numba"] and data["meta"]["cpu_cores"] == 2
+    med = {(m["config"], m["subject"], m["workload"]): m for m in data["measurements"]}
+    section = readme.split("**2-core CPU**", 1)[1].split("\n\n`large`", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[0] for r in rows] == ["small", "medium", "narrow"]
+    for config, *cells in rows:
+        def us(subject, workload="step"):
+            return fmt(med[config, subject, workload]["median_us"])
+        step = med[config, "gpubp-numpy", "step"]
+        assert cells[:7] == [
+            us("gpubp-numpy", "forward"), f"{us('gpubp-numpy')} [{fmt(step['min_us'])}–{fmt(step['max_us'])}]",
+            us("gpubp-numpy-passes"), us("floor-numpy"), us("torch-cpu"), us("floor-torch-cpu"),
+            f"{fmt(med[config, 'gpubp-numpy', 'epoch']['median_us'] / 1e3)} / "
+            f"{fmt(med[config, 'torch-cpu', 'epoch']['median_us'] / 1e3)}"]
+        ratio = step["median_us"] / med[config, "torch-cpu", "step"]["median_us"]
+        if config == "narrow":                               # no CPU target
+            assert cells[7:] == ["", f"{ratio:.2f}"]
+        else:
+            assert cells[7:] == ["≤ 0.8 × PyTorch", f"{ratio:.2f}, {'met' if ratio <= 0.8 else 'not met'}"]
+
+
 def test_the_later_cpu_runs_are_the_saved_ones(readme):
     """Each row of the README's table of later CPU runs: its step ratios and its
     count of wide-spread figures, as the saved run's JSON has them."""
     import json
 
-    section = readme.split("Later runs on this machine", 1)[1].split("\n\n**", 1)[0]
+    section = readme.split("Every run on this machine", 1)[1].split("\n\n**", 1)[0]
     rows = re.findall(r"^\| `(-\w)` \|[^|]*\|[^|]*\| ([^|]*)\| ([^|]*)\| ([^|]*)\| (\d+) \|$", section, re.M)
     assert len(rows) >= 4
     for suffix, *ratios, noisy in rows:
