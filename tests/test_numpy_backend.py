@@ -421,9 +421,10 @@ def _softmax_ce_float64(z, y, labels, scale):
     return delta, (y * (lse - z)).sum(), scale * (1 + ysum), (y * (np.abs(z) + np.abs(lse))).sum()
 
 
-# Measured over 300 seeds of these shapes: delta within 1e-6 (float32) and 4e-15
-# (float64) of its row scale, loss within 1e-7 and 2e-14 of its scale, both forms.
-CE_TOL = {"float32": 4e-6, "float64": 2e-14}
+# Measured over 300 seeds of these shapes, the worse of the two forms: delta within
+# 8.9e-7 (float32) and 7.3e-15 (float64) of its row scale, loss within 6.1e-8 and
+# 9.8e-15 of its scale.
+CE_TOL = {"float32": 4e-6, "float64": 4e-14}
 
 
 @pytest.mark.parametrize("k", [1, 2, 10, 17, 100])
