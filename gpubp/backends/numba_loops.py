@@ -87,21 +87,14 @@ def sgd_momentum(p, g, buf, lr, momentum, nesterov):
 
 
 # -- activations (kernels/bias_activation.cu, kernels/activation_backward.cu) --------------
-# The derivatives g'(z) from a = g(z); each loop is written out once per activation
-# (a branch inside the loop would keep LLVM from vectorizing it). ``out`` may not be
-# ``err``: for that case the *_inplace forms (LLVM's overlap check would otherwise send
-# the same array to its scalar loop, three times slower).
+# The derivatives g'(z) from a = g(z), times the error in place (the training step's
+# only use; NumPyBackend copies err to a distinct out first). Each loop is written out
+# once per activation: a branch inside the loop would keep LLVM from vectorizing it.
+# They take err and a, never one array twice: LLVM's overlap check would send the same
+# array as input and output to its scalar loop, three times slower.
 
 @_jit
-def sigmoid_backward(err, a, out):
-    """out = err a (1 - a)."""
-    one = a.dtype.type(1)
-    for i in range(a.size):
-        out[i] = err[i] * ((one - a[i]) * a[i])
-
-
-@_jit
-def sigmoid_backward_inplace(err, a):
+def sigmoid_backward(err, a):
     """err *= a (1 - a)."""
     one = a.dtype.type(1)
     for i in range(a.size):
@@ -109,15 +102,7 @@ def sigmoid_backward_inplace(err, a):
 
 
 @_jit
-def tanh_backward(err, a, out):
-    """out = err (1 - a^2)."""
-    one = a.dtype.type(1)
-    for i in range(a.size):
-        out[i] = err[i] * (one - a[i] * a[i])
-
-
-@_jit
-def tanh_backward_inplace(err, a):
+def tanh_backward(err, a):
     """err *= 1 - a^2."""
     one = a.dtype.type(1)
     for i in range(a.size):
@@ -125,32 +110,16 @@ def tanh_backward_inplace(err, a):
 
 
 @_jit
-def relu_backward(err, a, out):
-    """out = err [a > 0] (err 0 or -0 where a <= 0, nan where err is)."""
-    zero, one = a.dtype.type(0), a.dtype.type(1)
-    for i in range(a.size):
-        out[i] = err[i] * (one if a[i] > zero else zero)
-
-
-@_jit
-def relu_backward_inplace(err, a):
-    """err *= [a > 0]."""
+def relu_backward(err, a):
+    """err *= [a > 0] (0 or -0 where a <= 0, nan where err is nan or inf)."""
     zero, one = a.dtype.type(0), a.dtype.type(1)
     for i in range(a.size):
         err[i] *= one if a[i] > zero else zero
 
 
 @_jit
-def leaky_relu_backward(err, a, out, slope, one_minus_slope):
-    """out = err ([a > 0] (1 - slope) + slope), as the NumPy passes round it."""
-    zero, one = a.dtype.type(0), a.dtype.type(1)
-    for i in range(a.size):
-        out[i] = err[i] * ((one if a[i] > zero else zero) * one_minus_slope + slope)
-
-
-@_jit
-def leaky_relu_backward_inplace(err, a, slope, one_minus_slope):
-    """err *= [a > 0] (1 - slope) + slope."""
+def leaky_relu_backward(err, a, slope, one_minus_slope):
+    """err *= [a > 0] (1 - slope) + slope, as the NumPy passes round it."""
     zero, one = a.dtype.type(0), a.dtype.type(1)
     for i in range(a.size):
         err[i] *= (one if a[i] > zero else zero) * one_minus_slope + slope
@@ -267,9 +236,5 @@ def mse_identity(z, y, delta, scale):
     return 0.5 * loss
 
 
-BACKWARD = {
-    "sigmoid": (sigmoid_backward, sigmoid_backward_inplace),
-    "tanh": (tanh_backward, tanh_backward_inplace),
-    "relu": (relu_backward, relu_backward_inplace),
-    "leaky_relu": (leaky_relu_backward, leaky_relu_backward_inplace),
-}
+BACKWARD = {"sigmoid": sigmoid_backward, "tanh": tanh_backward, "relu": relu_backward,
+            "leaky_relu": leaky_relu_backward}

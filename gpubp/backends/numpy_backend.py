@@ -348,13 +348,12 @@ class NumpyBackend:
         return out
 
     def _activation_backward_loop(self, err, a, activation, out):
-        fused, fused_inplace = self.loops.BACKWARD[activation]
+        """out = err * g'(a) as one loop in place (the step passes out=err)."""
+        if out is not err:
+            self.xp.copyto(out, err)
         t = a.dtype.type
         slopes = (t(LEAKY_SLOPE), t(1 - LEAKY_SLOPE)) if activation == "leaky_relu" else ()
-        if out is err:
-            fused_inplace(err.reshape(-1), a.reshape(-1), *slopes)
-        else:
-            fused(err.reshape(-1), a.reshape(-1), out.reshape(-1), *slopes)
+        self.loops.BACKWARD[activation](out.reshape(-1), a.reshape(-1), *slopes)
         return out
 
     def _activation_backward_rows(self, err, a, activation, out):
@@ -482,11 +481,11 @@ class NumpyBackend:
         """PyTorch's Adam/AdamW over a range of the flat buffer (kernels/adam.cu),
         with the step's ``coef`` from adam_schedule, chunk by chunk."""
         xp, t = self.xp, p.dtype.type
-        step_size, bc2_sqrt = coef[0:1].astype(p.dtype), coef[1:2].astype(p.dtype)
-        if self.loops is not None and _fusable(p, g, m, v):
-            self.loops.adam(p, g, m, v, step_size[0], bc2_sqrt[0], t(decay), t(1) - t(beta1),
+        if self.loops is not None and _fusable(p, g, m, v):     # coef is on the host here
+            self.loops.adam(p, g, m, v, t(coef[0]), t(coef[1]), t(decay), t(1) - t(beta1),
                             t(beta2), t(1) - t(beta2), t(eps))
             return
+        step_size, bc2_sqrt = coef[0:1].astype(p.dtype), coef[1:2].astype(p.dtype)
         work = self._work.empty((min(p.size, self.PASS_CHUNK or p.size),), p.dtype, "update")
         for a, e in self._chunks(p.size):
             pc, gc, mc, vc, s = p[a:e], g[a:e], m[a:e], v[a:e], work[:e - a]
