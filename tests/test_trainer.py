@@ -913,7 +913,7 @@ def test_step_priority_changes_no_bit_on_the_gpu(monkeypatch):
     """_STEP_PRIORITY on a GPU: the step on a stream of the highest priority,
     the updates beside it on the lowest, the graph launched with its kernels'
     own priorities (NodePriorityGraph). The parameters end bit for bit where
-    they do without it."""
+    they do without it; the loss figures to float64 rounding."""
     from gpubp.graphs import NodePriorityGraph
 
     _needs_direct_gemm()
@@ -927,7 +927,9 @@ def test_step_priority_changes_no_bit_on_the_gpu(monkeypatch):
                 if isinstance(entry, tuple)]
     assert captured and all(isinstance(graph, NodePriorityGraph) for graph in captured)
     np.testing.assert_array_equal(first, base)
-    np.testing.assert_array_equal(h_first["loss"], h_base["loss"])
+    # The loss figures are summed in float64 with one atomic add per block, in whatever
+    # order the blocks finish, and the priorities change that order: last bits only.
+    np.testing.assert_allclose(h_first["loss"], h_base["loss"], rtol=1e-12)
 
 
 @requires_cupy

@@ -453,18 +453,29 @@ class CupyBackend:
             fn()
         done = cuda.Event(disable_timing=True)
         done.record(side)
-        self._local.pending.append(done)
+        self._local.pending.append((done, main.is_capturing()))
         return done
 
     def join(self, token):
         """The current stream waits for the work ``beside`` returned ``token`` for."""
         self._cupy.cuda.get_current_stream().wait_event(token)
-        self._local.pending.remove(token)
+        self._local.pending = [p for p in self._local.pending if p[0] is not token]
 
     def rejoin(self):
-        """The current stream waits for everything run ``beside`` it."""
+        """The current stream waits for everything run ``beside`` it.
+
+        Work put beside a capture that then failed (a step that raised while
+        captured, before its own rejoin) is forgotten instead: its events were
+        recorded into the dropped graph, never on the device, and CUDA refuses
+        a wait on one outside that capture. So the eager step that follows a
+        failed capture can still end."""
         main = self._cupy.cuda.get_current_stream()
-        for done in getattr(self._local, "pending", []):
+        capturing = None
+        for done, captured in getattr(self._local, "pending", []):
+            if captured:
+                capturing = main.is_capturing() if capturing is None else capturing
+                if not capturing:
+                    continue
             main.wait_event(done)
         self._local.pending = []
 
