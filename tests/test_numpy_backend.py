@@ -484,3 +484,35 @@ def test_fused_mse_is_the_passes_delta_and_a_float64_sum(rng, dtype):
         # orders (at most n eps = 3e-11, measured 1.1e-14)
         assert abs(out[0][1] - exact) <= (1e-6 if dtype == "float32" else 1e-12) * exact
     assert set(loops.calls) == {"mse_identity"}
+
+
+class _DeviceOffset(np.ndarray):
+    """An offset that may not be read back: indexing it fails, as a host read
+    of a CuPy array would cost a wait for the GPU."""
+
+    def __getitem__(self, key):
+        raise AssertionError("the offset was read back")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_unfused_gpu_gather_keeps_the_offset_on_the_device(rng, dtype):
+    """PlainCupyBackend.gather_rows (the unfused GPU path's gather, which must not
+    read the offset back), run here on NumPy arrays: the rows NumpyBackend.gather_rows
+    takes, batch after batch, a partial last batch included."""
+    from gpubp.backends.cupy_backend import PlainCupyBackend
+
+    backend = NumpyBackend(loops=None)
+    n, cols = 50, 7
+    src = rng.normal(size=(n, cols)).astype(dtype)
+    order = rng.permutation(n)
+    offset = np.zeros(1, dtype=np.int64)
+    on_device = np.zeros(1, dtype=np.int64).view(_DeviceOffset)
+    for m in (16, 16, 16, 2):
+        expected = np.empty((m, cols), dtype=dtype)
+        backend.gather_rows(src, order, offset, expected)
+        out = np.full((m, cols), np.nan, dtype=dtype)
+        PlainCupyBackend.gather_rows(backend, src, order, on_device, out)
+        np.testing.assert_array_equal(out, expected)
+        backend.advance_offset(offset, m)
+        backend.advance_offset(on_device, m)
+    assert np.asarray(on_device).item() == n

@@ -431,8 +431,8 @@ class NumpyBackend:
     def gather_rows(self, src, order, offset, out):
         """out = src[order[offset : offset + m]] (kernels/gather_rows.cu); ``offset``
         is a 1-element int64 array."""
-        start = int(offset[0])                         # on CuPy arrays a read-back; the
-        rows = order[start:start + out.shape[0]]       # unfused GPU path never gathers
+        start = int(offset[0])                         # on CuPy arrays a read-back:
+        rows = order[start:start + out.shape[0]]       # PlainCupyBackend has its own
         return _take(self.xp, src, rows, out, axis=0)
 
     def advance_offset(self, offset, m):
