@@ -9,7 +9,8 @@
 #    main's settings where a test fails under them and passes under main's);
 # 3. the overlap probe (TF32), in whatever time is left: why the winner won.
 # Everything lands in $OUT/session.tar.gz (the device tool brings back 8 files at most),
-# bundled again after each phase; the choice and the table also as plain text beside it.
+# bundled again after each phase and every 15 s; the choice and the table also as plain
+# text beside it.
 # Then, here: write the settings the table ran with ($OUT/table/gpu.txt says which) into
 # CupyBackend, copy the runs into benchmarks/results/, and remake the README's table
 # (benchmarks/readme_rows.py).
@@ -20,8 +21,25 @@ OUT="${OUT:-/tmp/gpubp-session}"
 WORK="${WORK:-$(mktemp -d)}"
 DEADLINE=$(( $(date +%s) + ${BUDGET:-560} ))
 mkdir -p "$OUT" "$WORK/table"
-bundle() { tar -czf "$OUT/session.tar.gz" -C "$WORK" . 2>/dev/null; }
+bundle() {      # $WORK as $OUT/session.tar.gz, written aside and renamed: a kill mid-tar
+    local part="$OUT/session.tar.gz.$BASHPID.part"     # leaves the last whole bundle
+    tar -czf "$part" -C "$WORK" . 2>/dev/null
+    mv -f "$part" "$OUT/session.tar.gz"
+}
 left() { echo $(( DEADLINE - $(date +%s) )); }
+# Also every BUNDLE_EVERY seconds, so that a run cut short by the device tool (its limit
+# may be less than 600 s where less device time is left) still brings back what it made.
+bundle_every() {
+    local nap=
+    trap 'kill $nap 2>/dev/null; exit 0' TERM
+    while kill -0 $$ 2>/dev/null; do
+        sleep "${BUNDLE_EVERY:-15}" & nap=$!
+        wait "$nap"
+        bundle
+    done
+}
+bundle_every >/dev/null 2>&1 &
+BUNDLER=$!
 
 timeout -k 5 200 python3 benchmarks/choose_settings.py --out "$WORK/settings.txt" \
     --json "$WORK/choice.json" 2>&1 | tee "$WORK/choice.txt"
@@ -37,6 +55,9 @@ if (( $(left) > 30 )); then
     timeout -k 5 $(( $(left) - 10 )) python3 benchmarks/overlap_probe.py --precision tf32 \
         --reserve 8,16,32 2>&1 | tee "$WORK/probe.txt"
 fi
+kill "$BUNDLER" 2>/dev/null
+wait "$BUNDLER" 2>/dev/null
+rm -f "$OUT"/session.tar.gz.*.part                 # one the loop was writing when stopped
 bundle
 ls -l "$OUT"
 exit 0

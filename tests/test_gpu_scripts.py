@@ -14,14 +14,26 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
-# A stand-in for python3: logs its arguments; prints what the scripts look for.
+# A stand-in for python3: logs its arguments; prints what the scripts look for, as
+# pytest prints it (FAILED lines only where -r asks for them: f).
 echo "$*" >> "$FAKE_LOG"
 args=("$@")
+report_failures=
 for ((i = 0; i < ${#args[@]}; i++)); do
     case "${args[i]}" in
         --out|--json) echo "{}" > "${args[i+1]}" ;;
+        -r*f*) report_failures=1 ;;
     esac
 done
+failed() {      # failed TEST...: pytest -q's end for these failures among 100 tests
+    local t
+    echo "=========================== short test summary info ============================"
+    if [ -n "$report_failures" ]; then
+        for t in "$@"; do echo "FAILED $t - AssertionError"; done
+    fi
+    echo "$# failed, 100 passed in 9.00s"
+    exit 1
+}
 case "$*" in
     *choose_settings.py*)
         for ((i = 0; i < ${#args[@]}; i++)); do
@@ -29,16 +41,24 @@ case "$*" in
         done
         echo "chosen settings: $FAKE_CHOICE" ;;
     *with_settings.py*pytest*)
-        if [ -n "$FAKE_FAIL_CHOSEN" ]; then
-            echo "FAILED tests/test_trainer.py::test_one[tf32] - AssertionError"
-            echo "FAILED tests/test_trainer.py::test_two - AssertionError"
-            echo "2 failed, 100 passed in 9.00s"
-        else
-            echo "102 passed in 9.00s"
-        fi ;;
+        case "$FAKE_CHOSEN_TESTS" in
+            fail) failed "tests/test_trainer.py::test_one[tf32]" "tests/test_trainer.py::test_two" ;;
+            second-stream) failed "tests/test_trainer.py::test_updates_on_a_second_stream[adam]" ;;
+            crash) echo "tests/test_kernels.py ....F"; exit 139 ;;
+            *) echo "102 passed in 9.00s" ;;
+        esac ;;
     "-m pytest"*)
-        if [ -n "$FAKE_FAIL_MAIN" ]; then echo "2 failed in 1.00s"; else echo "2 passed in 1.00s"; fi ;;
-    *"gpubp bench"*) echo "bench ran" ;;
+        if [ -n "$FAKE_FAIL_MAIN" ]; then failed "tests/test_trainer.py::test_two"; fi
+        echo "2 passed in 1.00s" ;;
+    *"gpubp bench"*)
+        if [ -n "$FAKE_SESSION_OUT" ] && [[ "$*" == *h100-large-tf32.json* ]]; then
+            for _ in $(seq 50); do      # the bundle made while this runs
+                if tar -tzf "$FAKE_SESSION_OUT/session.tar.gz" 2>/dev/null | grep -q tests_gpu.log
+                then echo "bundled while the bench ran" >> "$FAKE_LOG"; break; fi
+                sleep 0.2
+            done
+        fi
+        echo "bench ran" ;;
     *overlap_probe.py*) echo "probe ran" ;;
 esac
 exit 0
@@ -56,7 +76,7 @@ def session(tmp_path):
     for f in bin_dir.iterdir():
         f.chmod(0o755)
 
-    def run(choice, fail_chosen=False, fail_main=False):
+    def run(choice, chosen_tests="pass", fail_main=False, bundle_every=None):
         log, out = tmp_path / "log.txt", tmp_path / "out"
         log.write_text("")
         work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
@@ -64,7 +84,9 @@ def session(tmp_path):
             shutil.rmtree(out)
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                "FAKE_LOG": str(log), "FAKE_CHOICE": choice, "OUT": str(out), "WORK": str(work),
-               "FAKE_FAIL_CHOSEN": "1" if fail_chosen else "", "FAKE_FAIL_MAIN": "1" if fail_main else ""}
+               "FAKE_CHOSEN_TESTS": chosen_tests, "FAKE_FAIL_MAIN": "1" if fail_main else ""}
+        if bundle_every is not None:
+            env.update(BUNDLE_EVERY=str(bundle_every), FAKE_SESSION_OUT=str(out))
         done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -107,17 +129,77 @@ def test_main_settings_when_none_is_chosen(session):
 
 def test_tests_failing_only_under_the_chosen_settings_send_the_runs_back_to_mains(session):
     settings = "_BESIDE_SMS.tf32=8"
-    log, _, _, gpu = session(settings, fail_chosen=True)
+    log, _, _, gpu = session(settings, chosen_tests="fail")
     again = [line for line in _runs(log, "pytest") if line.startswith("-m pytest")]
     assert len(again) == 1
     assert again[0].endswith("tests/test_trainer.py::test_one[tf32] tests/test_trainer.py::test_two")
     assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
     assert "everything after runs with main's settings" in gpu
+    assert gpu.splitlines()[-1] == "the table runs with: main's"
 
 
 def test_tests_failing_under_main_too_keep_the_chosen_settings(session):
     settings = "_BESIDE_SMS.tf32=8"
-    log, _, _, gpu = session(settings, fail_chosen=True, fail_main=True)
+    log, _, _, gpu = session(settings, chosen_tests="fail", fail_main=True)
     assert all(line.startswith(f"benchmarks/with_settings.py {settings} gpubp bench")
                for line in _runs(log, "gpubp bench"))
     assert "main's settings" not in gpu
+
+
+def test_a_test_run_that_does_not_finish_sends_the_runs_back_to_mains(session):
+    """A crash (here a segfault: no summary, exit status 139) says nothing for the
+    settings: no rerun of failures, the table with main's settings, and why in gpu.txt."""
+    log, _, _, gpu = session("_BESIDE_SMS.tf32=8", chosen_tests="crash")
+    assert not [line for line in _runs(log, "pytest") if line.startswith("-m pytest")]
+    assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
+    assert "GPU tests: exit status 139" in gpu and "did not finish" in gpu
+    assert gpu.splitlines()[-1] == "the table runs with: main's"
+
+
+def test_updates_beside_failing_only_under_the_chosen_settings_leave_mains_as_they_are(session):
+    log, _, _, gpu = session("_BESIDE_SMS.tf32=8", chosen_tests="second-stream")
+    assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
+    assert "run without them" not in gpu
+    assert gpu.splitlines()[-1] == "the table runs with: main's"
+
+
+def test_updates_beside_failing_under_main_too_are_turned_off_for_the_table(session):
+    settings = "_BESIDE_SMS.tf32=8"
+    log, _, _, gpu = session(settings, chosen_tests="second-stream", fail_main=True)
+    off = f"{settings},_OVERLAP_MIN_WEIGHTS=4611686018427387904"
+    assert all(line.startswith(f"benchmarks/with_settings.py {off} gpubp bench")
+               for line in _runs(log, "gpubp bench"))
+    assert "run without them" in gpu and gpu.splitlines()[-1] == f"the table runs with: {off}"
+
+
+def test_what_was_made_is_bundled_while_the_runs_go_on(session):
+    """A run cut short by the device tool still brings back what it made: the bundle is
+    remade in the background (here every 0.2 s), not only after each phase."""
+    log, files, _, _ = session("", bundle_every=0.2)
+    assert "bundled while the bench ran" in log
+    assert not [name for name in files if name.endswith(".part")]
+
+
+def test_the_scripts_pytest_flags_name_each_failure_and_error(tmp_path):
+    """readme_table.sh finds the failed tests in pytest's own report: real pytest, run
+    with the script's flags on planted failures, prints the lines its grep reads."""
+    import re
+    import sys
+
+    line = next(line for line in (ROOT / "benchmarks" / "readme_table.sh").read_text().splitlines()
+                if line.startswith("TESTS=("))
+    flags = line[len("TESTS=("):-1].split()
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)     # its addopts too, as in the repository
+    (tmp_path / "test_planted.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('p', ['tf32', 'float32'])\n"
+        "def test_fails(p):\n    assert p == 'float32'\n"
+        "@pytest.fixture\ndef broken():\n    raise RuntimeError\n"
+        "def test_errs(broken):\n    pass\n"
+        "def test_passes():\n    pass\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", *flags, "test_planted.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    named = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, flags=re.MULTILINE)
+    assert sorted(named) == ["test_planted.py::test_errs", "test_planted.py::test_fails[tf32]"]
+    assert re.search(r"^[0-9]+ [a-z].* in [0-9.]+s", done.stdout, flags=re.MULTILINE)
