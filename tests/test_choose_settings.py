@@ -198,9 +198,12 @@ def test_with_settings_sets_them_before_the_module_runs(tmp_path):
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
+    from gpubp.backends.cupy_backend import CupyBackend as C    # main's, whatever they are
+
     assert run("_BESIDE_SMS.tf32=16,_STEP_PRIORITY=1,_BG_BLOCK_ROWS=32") == \
-        "{'tf32': 16} False True 32 ['--a', 'b']"
-    assert run("") == "{} False False 256 ['--a', 'b']"
+        f"{{'tf32': 16}} {C._BACKWARD_BESIDE} True 32 ['--a', 'b']"
+    assert run("") == \
+        f"{C._BESIDE_SMS} {C._BACKWARD_BESIDE} {C._STEP_PRIORITY} {C._BG_BLOCK_ROWS} ['--a', 'b']"
 
 
 def test_knob_sweep_reports_paired_wins(tools):
