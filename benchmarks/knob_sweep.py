@@ -4,10 +4,10 @@ For each --variant (settings of CupyBackend as _knobs.py writes them, over
 --base and main's; "" for main's), the benchmark's graph-replayed training
 step (the suite's `gpubp-cupy-graph` row) captured with those settings; beside
 them the floor (the step's GEMMs alone on random operands, the suite's
-`floor-cupy`). Each round times every subject once, in turn, so that clocks
-drift alike; medians of CUDA events over the rounds, each step over the floor,
-and how many rounds each variant beat main's in (paired: the same round). The
-settings:
+`floor-cupy`). Each round times every subject once, in turn (rotated from
+round to round), so that clocks drift alike; medians of CUDA events over the
+rounds, each step over the floor, and how many rounds each variant beat main's
+in (paired: the same round). The settings:
 
   _BESIDE_SMS       SMs the GEMMs leave to the work beside the backward pass,
                     for --precision (0: every SM, as in main)
@@ -34,8 +34,15 @@ def sweep(backend, config, precision, variants, repeat=20, base=None, batches=1)
     """{name: [µs per round]} for each named variant ({name: settings}) and
     "floor". ``base`` settings go under every variant; the class's own are
     restored after. ``batches``: batches of data per workload (the step reads
-    the first). A variant whose step cannot be made is left out, its error
-    printed: the others are still compared."""
+    the first). A variant whose step cannot be made, or launched, is left out,
+    its error printed: the others are still compared.
+
+    Each round times every subject once, starting one further along each time, so
+    that no subject always follows the same one (the floor's random operands draw
+    more power than the steps'). Each timed launch follows an untimed launch of the
+    same subject, so that the GPU is busy when the first event is recorded: the
+    events time the step back to back, as a trainer's queued steps run, and not the
+    host's launch."""
     from gpubp.bench.timing import CupyEvents
     from gpubp.bench.workloads import GemmFloor, GpubpWorkload
 
@@ -46,7 +53,10 @@ def sweep(backend, config, precision, variants, repeat=20, base=None, batches=1)
         for name, settings in variants.items():
             _knobs.apply(cls, _knobs.merge(main, base or {}, settings))   # read at capture
             try:
-                subjects[name] = GpubpWorkload(config, backend, batches, precision, graphs=True).step
+                step = GpubpWorkload(config, backend, batches, precision, graphs=True).step
+                step()                             # its first launch
+                backend.synchronize_device()
+                subjects[name] = step
             except Exception as exc:
                 print(f"  {name or 'main'}: left out, its step failed: {type(exc).__name__}: {exc}",
                       flush=True)
@@ -59,10 +69,12 @@ def sweep(backend, config, precision, variants, repeat=20, base=None, batches=1)
         step()
         step()
     clock.sync()
-    times = {name: [] for name in subjects}
-    for _ in range(repeat):
-        for name, step in subjects.items():
-            times[name].append(clock.time(step))
+    names = list(subjects)
+    times = {name: [] for name in names}
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            subjects[name]()                       # untimed: the GPU busy at the first event
+            times[name].append(clock.time(subjects[name]))
     return times
 
 

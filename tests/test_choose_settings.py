@@ -256,3 +256,63 @@ def test_a_variant_whose_step_fails_is_left_out_and_never_chosen(tools, monkeypa
     chosen, f32_choice, notes = cs.decide_flags_and_float32(tf32, tf32_variants, winner, f32, f32_variants)
     assert (chosen, f32_choice) == ("_BESIDE_SMS=16", "main") and "inf of main's" in notes[0]
     assert not cs.decide_block_rows({"rows256": [1.0] * 4}, {"rows256": [1.0] * 4})[0]
+
+
+def test_each_round_starts_one_further_along_and_times_a_step_after_an_untimed_one(
+        tools, monkeypatch):
+    """The sweep's order of launches, with stand-ins for the workloads and the clock:
+    every subject's timed launch follows an untimed launch of its own; round r starts
+    at subject r; a variant whose first launch fails is left out, not the sweep."""
+    from gpubp.bench import timing, workloads
+
+    _, _, ks = tools
+    calls = []
+
+    class Workload:
+        def __init__(self, config, backend, batches, precision, graphs):
+            self.name = "main" if not type(backend)._STEP_PRIORITY else "priority"
+            self.name += "" if type(backend)._BG_BLOCK_ROWS == 256 else "-rows32"
+
+        def step(self):
+            if self.name == "priority":
+                raise RuntimeError("cuGraphLaunch failed")
+            calls.append(("launch", self.name))
+
+    class Floor:
+        def __init__(self, config, backend, precision):
+            pass
+
+        def step(self):
+            calls.append(("launch", "floor"))
+
+    class Clock:
+        def time(self, fn):
+            calls.append(("event", None))
+            fn()
+            return 1.0
+
+        def sync(self):
+            pass
+
+    class Backend:
+        _BESIDE_SMS, _BACKWARD_BESIDE, _STEP_PRIORITY, _BG_BLOCK_ROWS = {}, False, False, 256
+        _OVERLAP_MIN_WEIGHTS = 1 << 22
+
+        def synchronize_device(self):
+            pass
+
+    monkeypatch.setattr(workloads, "GpubpWorkload", Workload)
+    monkeypatch.setattr(workloads, "GemmFloor", Floor)
+    monkeypatch.setattr(timing, "CupyEvents", Clock)
+    variants = {"main": {}, "_STEP_PRIORITY=1": {"_STEP_PRIORITY": True},
+                "_BG_BLOCK_ROWS=32": {"_BG_BLOCK_ROWS": 32}}
+    times = ks.sweep(Backend(), None, "tf32", variants, repeat=4)
+    assert set(times) == {"main", "_BG_BLOCK_ROWS=32", "floor"}
+    assert all(len(t) == 4 for t in times.values())
+    assert Backend._STEP_PRIORITY is False and Backend._BG_BLOCK_ROWS == 256
+    rounds = calls[calls.index(("event", None)) - 1:]
+    timed = [rounds[i + 2][1] for i in range(0, len(rounds), 3)]
+    assert all(rounds[i] == rounds[i + 2] and rounds[i + 1] == ("event", None)
+               for i in range(0, len(rounds), 3))        # untimed, then the event, then timed
+    names = ["main", "main-rows32", "floor"]
+    assert timed == [n for r in range(4) for n in names[r % 3:] + names[:r % 3]]

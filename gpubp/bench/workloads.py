@@ -61,7 +61,8 @@ class GpubpWorkload:
         finally:
             stream.synchronize()
         self._graph_refs = backend._work.live()   # arrays the graph writes
-        return graph
+        self._stream = stream       # kept: a later step's stream cannot take its address,
+        return graph                # and with it the cuBLAS handle's binding and workspace
 
     def forward(self):
         """Forward propagation of one batch to the logits."""
