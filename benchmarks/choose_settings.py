@@ -20,7 +20,9 @@ seventh session"), and write them where benchmarks/gpu_session.sh reads them.
 
 A variant beats another where its median is at most 0.99 of the other's and it
 was faster in at least 3/4 of the rounds. Prints every table and each decision;
-writes the settings (_knobs.format) to --out, "" for main's.
+writes the settings (_knobs.format) to --out, "" for main's: main's from the start,
+those of steps 0-2 once they are decided (a run cut short in step 3 keeps them),
+then step 3's too; --json's times are saved at the same points.
 
     PYTHONPATH=$PWD python3 benchmarks/choose_settings.py --out /tmp/settings.txt
 """
@@ -157,9 +159,17 @@ def main():
                                 ref="main" if "main" in times else "rows256"), flush=True)
         return times
 
-    # Nothing is chosen unless every step below finishes: main's settings are written first.
-    with open(args.out, "w") as f:
-        f.write("")
+    def save(settings):
+        """The settings chosen so far, and every sweep's times so far."""
+        with open(args.out, "w") as f:
+            f.write(_knobs.format(settings))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(runs, f)
+
+    # Main's settings until steps 0-2 have all finished; theirs while step 3 runs, so that
+    # a run cut short in step 3 keeps them (with main's _BG_BLOCK_ROWS).
+    save({})
     small_priority = run("small-priority", small, "float32",
                          {"main": {}, "_STEP_PRIORITY=1": {"_STEP_PRIORITY": True}}, repeat=50)
     allow_priority = priority_allowed(small_priority)
@@ -177,6 +187,7 @@ def main():
         print(note)
     settings = chosen_settings(tf32_variants, winner, f32_variants, f32_choice)
     print(f"TF32: {winner}; float32: {f32_choice}", flush=True)
+    save(settings)
 
     rows = {"rows256": {"_BG_BLOCK_ROWS": 256}, "rows32": {"_BG_BLOCK_ROWS": 32}}
     small_times = run("small-block-rows", small, "float32", rows, repeat=50, base=settings)
@@ -186,12 +197,8 @@ def main():
     if use32:
         settings = _knobs.merge(settings, {"_BG_BLOCK_ROWS": 32})
 
+    save(settings)
     text = _knobs.format(settings)
-    with open(args.out, "w") as f:
-        f.write(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(runs, f)
     print(f"chosen settings: {text or 'main' + chr(39) + 's'} "
           f"({time.perf_counter() - started:.0f} s)")
     return 0

@@ -316,3 +316,38 @@ def test_each_round_starts_one_further_along_and_times_a_step_after_an_untimed_o
                for i in range(0, len(rounds), 3))        # untimed, then the event, then timed
     names = ["main", "main-rows32", "floor"]
     assert timed == [n for r in range(4) for n in names[r % 3:] + names[:r % 3]]
+
+
+def test_a_choice_cut_short_in_its_last_step_keeps_the_earlier_decisions(tools, monkeypatch,
+                                                                          tmp_path):
+    """choose_settings.py writes steps 0-2's settings before step 3 runs: a run cut short
+    there (here: its sweep raises) leaves them, and the times measured so far, behind."""
+    from _cuda_emulator import emulated_backend
+
+    import gpubp.backends
+    from gpubp.bench import timing
+
+    knobs, cs, ks = tools
+    backend = emulated_backend(sms=8)
+    monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", 100)     # tiny's 12 x 12 layers
+    monkeypatch.setattr(gpubp.backends, "get_backend", lambda name="auto": backend)
+    monkeypatch.setattr(timing, "CupyEvents", timing.HostClock)
+    monkeypatch.setattr(cs, "decide_tf32", lambda *a, **k: "_BESIDE_SMS=16,_BACKWARD_BESIDE=1")
+    monkeypatch.setattr(cs, "decide_flags_and_float32",
+                        lambda tf32, variants, winner, *a: (winner, "_BESIDE_SMS=4", []))
+    real = ks.sweep
+
+    def sweep(backend, config, precision, variants, *args, **kwargs):
+        if "rows32" in variants:
+            raise KeyboardInterrupt("the time limit")
+        return real(backend, config, precision, variants, *args, **kwargs)
+
+    monkeypatch.setattr(ks, "sweep", sweep)
+    out, runs = tmp_path / "settings.txt", tmp_path / "runs.json"
+    monkeypatch.setattr(sys, "argv", ["choose_settings.py", "--out", str(out), "--json", str(runs),
+                                      "--large", "tiny", "--small", "tiny", "--repeat", "3"])
+    with pytest.raises(KeyboardInterrupt):
+        cs.main()
+    assert knobs.parse(out.read_text()) == {"_BESIDE_SMS": {"tf32": 16, "float32": 4},
+                                            "_BACKWARD_BESIDE": True}
+    assert set(json.loads(runs.read_text())) == {"small-priority", "large-tf32", "large-float32"}
