@@ -24,7 +24,11 @@ mkdir -p "$OUT" "$WORK/table"
 bundle() {      # $WORK as $OUT/session.tar.gz, written aside and renamed: a kill mid-tar
     local part="$OUT/session.tar.gz.$BASHPID.part"     # leaves the last whole bundle
     tar -czf "$part" -C "$WORK" . 2>/dev/null
-    mv -f "$part" "$OUT/session.tar.gz"
+    if (( $? <= 1 )); then          # 1: a file changed as it was read (a log still growing)
+        mv -f "$part" "$OUT/session.tar.gz"
+    else
+        rm -f "$part"
+    fi
 }
 left() { echo $(( DEADLINE - $(date +%s) )); }
 # Also every BUNDLE_EVERY seconds, so that a run cut short by the device tool (its limit

@@ -4,8 +4,8 @@ For each --variant (settings of CupyBackend as _knobs.py writes them, over
 --base and main's; "" for main's), the benchmark's graph-replayed training
 step (the suite's `gpubp-cupy-graph` row) captured with those settings; beside
 them the floor (the step's GEMMs alone on random operands, the suite's
-`floor-cupy`). Each round times every subject once, in turn (rotated from
-round to round), so that clocks drift alike; medians of CUDA events over the
+`floor-cupy`). Each round times every subject once, in turn (in an order
+shuffled round by round), so that clocks drift alike; medians of CUDA events over the
 rounds, each step over the floor, and how many rounds each variant beat main's
 in (paired: the same round). The settings:
 
@@ -25,6 +25,7 @@ choose_settings.py calls sweep() itself.
 
 import argparse
 import json
+import random
 import statistics
 
 import _knobs
@@ -37,10 +38,11 @@ def sweep(backend, config, precision, variants, repeat=20, base=None, batches=1)
     the first). A variant whose step cannot be made, or launched, is left out,
     its error printed: the others are still compared.
 
-    Each round times every subject once, starting one further along each time, so
-    that no subject always follows the same one (the floor's random operands draw
-    more power than the steps'). Each timed launch follows an untimed launch of the
-    same subject, so that the GPU is busy when the first event is recorded: the
+    Each round times every subject once, in an order of its own (shuffled, seeded by
+    the round), so that no subject always follows the same one: the floor's random
+    operands draw more power than the steps', and a rotation would keep main behind
+    the floor in all rounds but one. Each timed launch follows an untimed launch of
+    the same subject, so that the GPU is busy when the first event is recorded: the
     events time the step back to back, as a trainer's queued steps run, and not the
     host's launch."""
     from gpubp.bench.timing import CupyEvents
@@ -69,10 +71,11 @@ def sweep(backend, config, precision, variants, repeat=20, base=None, batches=1)
         step()
         step()
     clock.sync()
-    names = list(subjects)
-    times = {name: [] for name in names}
+    times = {name: [] for name in subjects}
     for r in range(repeat):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        order = list(subjects)
+        random.Random(r).shuffle(order)
+        for name in order:
             subjects[name]()                       # untimed: the GPU busy at the first event
             times[name].append(clock.time(subjects[name]))
     return times

@@ -49,12 +49,26 @@ if [ -n "$SETTINGS" ] && { [ -z "$SUMMARY" ] || (( TESTS_RC > 1 )); }; then
         | tee -a "$OUT/tests_gpu.log" "$OUT/gpu.txt"
     SETTINGS=""
 elif [ -n "$SETTINGS" ] && [ -n "$FAILED" ]; then
+    # The chosen settings stay only if the rerun finishes and every test that failed
+    # under them fails under main's too (a fault of main's, not theirs).
     echo "GPU tests failed under $SETTINGS; again under main's:" | tee -a "$OUT/tests_gpu.log"
     # shellcheck disable=SC2086
-    AGAIN=$(timeout -k 5 "$(limit 60)" python3 -m pytest "${TESTS[@]}" $FAILED 2>&1 \
-            | tee -a "$OUT/tests_gpu.log" | tail -n 1)
-    if [[ "$AGAIN" =~ ^[0-9]+\ passed ]]; then
-        echo "they pass under main's: everything after runs with main's settings" \
+    timeout -k 5 "$(limit 60)" python3 -m pytest "${TESTS[@]}" $FAILED > "$OUT/tests_main.log" 2>&1
+    AGAIN_RC=$?
+    cat "$OUT/tests_main.log" >> "$OUT/tests_gpu.log"
+    AGAIN_FAILED=$(grep -oE "^(FAILED|ERROR) [^ ]+" "$OUT/tests_main.log" | cut -d" " -f2 | sort -u)
+    AGAIN_SUMMARY=$(grep -E "^[0-9]+ [a-z].* in [0-9.]+s" "$OUT/tests_main.log" | tail -n 1)
+    echo "under main's: exit status $AGAIN_RC${AGAIN_SUMMARY:+; $AGAIN_SUMMARY}" \
+        | tee -a "$OUT/gpu.txt"
+    if [ -z "$AGAIN_SUMMARY" ] || (( AGAIN_RC > 1 )); then
+        WHY="the rerun under main's did not finish"
+    elif [ "$AGAIN_FAILED" != "$FAILED" ]; then
+        WHY="some fail under the chosen settings only"
+    else
+        WHY=""
+    fi
+    if [ -n "$WHY" ]; then
+        echo "$WHY: everything after runs with main's settings" \
             | tee -a "$OUT/tests_gpu.log" "$OUT/gpu.txt"
         SETTINGS=""
     fi

@@ -258,11 +258,12 @@ def test_a_variant_whose_step_fails_is_left_out_and_never_chosen(tools, monkeypa
     assert not cs.decide_block_rows({"rows256": [1.0] * 4}, {"rows256": [1.0] * 4})[0]
 
 
-def test_each_round_starts_one_further_along_and_times_a_step_after_an_untimed_one(
+def test_each_round_has_its_own_order_and_times_a_step_after_an_untimed_one(
         tools, monkeypatch):
     """The sweep's order of launches, with stand-ins for the workloads and the clock:
-    every subject's timed launch follows an untimed launch of its own; round r starts
-    at subject r; a variant whose first launch fails is left out, not the sweep."""
+    every subject's timed launch follows an untimed launch of its own; each round
+    times every subject once, in an order that varies, so that main does not always
+    follow the floor; a variant whose first launch fails is left out, not the sweep."""
     from gpubp.bench import timing, workloads
 
     _, _, ks = tools
@@ -306,16 +307,18 @@ def test_each_round_starts_one_further_along_and_times_a_step_after_an_untimed_o
     monkeypatch.setattr(timing, "CupyEvents", Clock)
     variants = {"main": {}, "_STEP_PRIORITY=1": {"_STEP_PRIORITY": True},
                 "_BG_BLOCK_ROWS=32": {"_BG_BLOCK_ROWS": 32}}
-    times = ks.sweep(Backend(), None, "tf32", variants, repeat=4)
+    times = ks.sweep(Backend(), None, "tf32", variants, repeat=12)
     assert set(times) == {"main", "_BG_BLOCK_ROWS=32", "floor"}
-    assert all(len(t) == 4 for t in times.values())
+    assert all(len(t) == 12 for t in times.values())
     assert Backend._STEP_PRIORITY is False and Backend._BG_BLOCK_ROWS == 256
     rounds = calls[calls.index(("event", None)) - 1:]
     timed = [rounds[i + 2][1] for i in range(0, len(rounds), 3)]
     assert all(rounds[i] == rounds[i + 2] and rounds[i + 1] == ("event", None)
                for i in range(0, len(rounds), 3))        # untimed, then the event, then timed
-    names = ["main", "main-rows32", "floor"]
-    assert timed == [n for r in range(4) for n in names[r % 3:] + names[:r % 3]]
+    orders = [timed[i:i + 3] for i in range(0, len(timed), 3)]
+    assert all(sorted(o) == ["floor", "main", "main-rows32"] for o in orders)
+    after_floor = {o[o.index("floor") + 1] for o in orders if o[-1] != "floor"}
+    assert after_floor == {"main", "main-rows32"} and len({tuple(o) for o in orders}) > 2
 
 
 def test_a_choice_cut_short_in_its_last_step_keeps_the_earlier_decisions(tools, monkeypatch,

@@ -47,8 +47,14 @@ case "$*" in
             crash) echo "tests/test_kernels.py ....F"; exit 139 ;;
             *) echo "102 passed in 9.00s" ;;
         esac ;;
-    "-m pytest"*)
-        if [ -n "$FAKE_FAIL_MAIN" ]; then failed "tests/test_trainer.py::test_two"; fi
+    "-m pytest"*)                      # the rerun of the failed tests under main's
+        ids=()
+        for a in "$@"; do [[ "$a" == *::* ]] && ids+=("$a"); done
+        case "$FAKE_MAIN_TESTS" in
+            fail) failed "${ids[@]}" ;;
+            some) failed "${ids[-1]}" ;;
+            hang) echo "tests/test_trainer.py .."; exit 124 ;;
+        esac
         echo "2 passed in 1.00s" ;;
     *"gpubp bench"*)
         if [ -n "$FAKE_SESSION_OUT" ] && [[ "$*" == *h100-large-tf32.json* ]]; then
@@ -76,7 +82,7 @@ def session(tmp_path):
     for f in bin_dir.iterdir():
         f.chmod(0o755)
 
-    def run(choice, chosen_tests="pass", fail_main=False, bundle_every=None):
+    def run(choice, chosen_tests="pass", main_tests="pass", bundle_every=None):
         log, out = tmp_path / "log.txt", tmp_path / "out"
         log.write_text("")
         work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
@@ -84,7 +90,7 @@ def session(tmp_path):
             shutil.rmtree(out)
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                "FAKE_LOG": str(log), "FAKE_CHOICE": choice, "OUT": str(out), "WORK": str(work),
-               "FAKE_CHOSEN_TESTS": chosen_tests, "FAKE_FAIL_MAIN": "1" if fail_main else ""}
+               "FAKE_CHOSEN_TESTS": chosen_tests, "FAKE_MAIN_TESTS": main_tests}
         if bundle_every is not None:
             env.update(BUNDLE_EVERY=str(bundle_every), FAKE_SESSION_OUT=str(out))
         done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], env=env,
@@ -140,10 +146,22 @@ def test_tests_failing_only_under_the_chosen_settings_send_the_runs_back_to_main
 
 def test_tests_failing_under_main_too_keep_the_chosen_settings(session):
     settings = "_BESIDE_SMS.tf32=8"
-    log, _, _, gpu = session(settings, chosen_tests="fail", fail_main=True)
+    log, _, _, gpu = session(settings, chosen_tests="fail", main_tests="fail")
     assert all(line.startswith(f"benchmarks/with_settings.py {settings} gpubp bench")
                for line in _runs(log, "gpubp bench"))
     assert "main's settings" not in gpu
+
+
+@pytest.mark.parametrize("main_tests,why", [
+    ("some", "some fail under the chosen settings only"),
+    ("hang", "the rerun under main's did not finish")])
+def test_the_chosen_settings_stay_only_if_every_failure_is_mains_too(session, main_tests, why):
+    """One of the two tests fails under main's as well (the other only under the chosen
+    settings), or the rerun does not finish: the table runs with main's, and says why."""
+    log, _, _, gpu = session("_BESIDE_SMS.tf32=8", chosen_tests="fail", main_tests=main_tests)
+    assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
+    assert f"{why}: everything after runs with main's settings" in gpu
+    assert gpu.splitlines()[-1] == "the table runs with: main's"
 
 
 def test_a_test_run_that_does_not_finish_sends_the_runs_back_to_mains(session):
@@ -165,7 +183,7 @@ def test_updates_beside_failing_only_under_the_chosen_settings_leave_mains_as_th
 
 def test_updates_beside_failing_under_main_too_are_turned_off_for_the_table(session):
     settings = "_BESIDE_SMS.tf32=8"
-    log, _, _, gpu = session(settings, chosen_tests="second-stream", fail_main=True)
+    log, _, _, gpu = session(settings, chosen_tests="second-stream", main_tests="fail")
     off = f"{settings},_OVERLAP_MIN_WEIGHTS=4611686018427387904"
     assert all(line.startswith(f"benchmarks/with_settings.py {off} gpubp bench")
                for line in _runs(log, "gpubp bench"))
