@@ -29,6 +29,12 @@ run_with() {    # run_with SETTINGS: RUN=(how to run "MODULE ARGS..." as python3
 }
 # -rfEs: a line for each failure, error and skip (-r alone would drop the first two).
 TESTS=(-q -rfEs -p no:cacheprovider -o faulthandler_timeout=60)
+failures() {    # failures LOG: the ids pytest names as failed or in error, sorted
+    grep -oE "^(FAILED|ERROR) [^ ]+" "$1" | cut -d" " -f2 | sort -u
+}
+summary() {     # summary LOG: pytest's last summary line ("3 failed, 402 passed in 51.2s"), or none
+    grep -E "^[0-9]+ [a-z].* in [0-9.]+s" "$1" | tail -n 1
+}
 timeout -k 5 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
     | tee "$OUT/gpu.txt"
 MAINS="main's"
@@ -39,8 +45,8 @@ timeout -k 5 "$(limit 150)" "${RUN[@]}" pytest "${TESTS[@]}" -k "not emulated" \
     tests/test_kernels.py tests/test_trainer.py tests/test_cublas.py tests/test_graphs.py 2>&1 \
     | tee "$OUT/tests_gpu.log" | grep -E "^(FAILED|ERROR) |passed|failed" | tail -n 15
 TESTS_RC=${PIPESTATUS[0]}
-FAILED=$(grep -oE "^(FAILED|ERROR) [^ ]+" "$OUT/tests_gpu.log" | cut -d" " -f2 | sort -u)
-SUMMARY=$(grep -E "^[0-9]+ [a-z].* in [0-9.]+s" "$OUT/tests_gpu.log" | tail -n 1)
+FAILED=$(failures "$OUT/tests_gpu.log")
+SUMMARY=$(summary "$OUT/tests_gpu.log")
 echo "GPU tests: exit status $TESTS_RC${SUMMARY:+; $SUMMARY}" | tee -a "$OUT/gpu.txt"
 if [ -n "$SETTINGS" ] && { [ -z "$SUMMARY" ] || (( TESTS_RC > 1 )); }; then
     # No summary, or pytest's own failure (2-5), a signal, the time limit: the tests say
@@ -56,8 +62,8 @@ elif [ -n "$SETTINGS" ] && [ -n "$FAILED" ]; then
     timeout -k 5 "$(limit 60)" python3 -m pytest "${TESTS[@]}" $FAILED > "$OUT/tests_main.log" 2>&1
     AGAIN_RC=$?
     cat "$OUT/tests_main.log" >> "$OUT/tests_gpu.log"
-    AGAIN_FAILED=$(grep -oE "^(FAILED|ERROR) [^ ]+" "$OUT/tests_main.log" | cut -d" " -f2 | sort -u)
-    AGAIN_SUMMARY=$(grep -E "^[0-9]+ [a-z].* in [0-9.]+s" "$OUT/tests_main.log" | tail -n 1)
+    AGAIN_FAILED=$(failures "$OUT/tests_main.log")
+    AGAIN_SUMMARY=$(summary "$OUT/tests_main.log")
     echo "under main's: exit status $AGAIN_RC${AGAIN_SUMMARY:+; $AGAIN_SUMMARY}" \
         | tee -a "$OUT/gpu.txt"
     if [ -z "$AGAIN_SUMMARY" ] || (( AGAIN_RC > 1 )); then

@@ -152,24 +152,32 @@ def test_priority_and_block_rows_rules(tools, rng):
 
 # -- the whole choice on the emulated backend -------------------------------------
 
-def test_the_whole_choice_runs_on_the_emulated_backend(tools, monkeypatch, tmp_path, capsys):
-    """Every sweep of choose_settings.py end to end, on config tiny: what it
-    prints, the settings it writes (whatever the emulator's timings choose),
-    and the class's settings as they were after it."""
+@pytest.fixture
+def emulated_choice(tools, monkeypatch, tmp_path):
+    """choose_settings.py's command line on the emulated backend, config tiny:
+    (backend, --out's path, --json's path); ``cs.main()`` runs it."""
     from _cuda_emulator import emulated_backend
 
     import gpubp.backends
     from gpubp.bench import timing
 
-    knobs, cs, _ = tools
     backend = emulated_backend(sms=8)
     monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", 100)     # tiny's 12 x 12 layers
     monkeypatch.setattr(gpubp.backends, "get_backend", lambda name="auto": backend)
     monkeypatch.setattr(timing, "CupyEvents", timing.HostClock)
-    before = {name: getattr(type(backend), name) for name in knobs.NAMES}
     out, runs = tmp_path / "settings.txt", tmp_path / "runs.json"
     monkeypatch.setattr(sys, "argv", ["choose_settings.py", "--out", str(out), "--json", str(runs),
                                       "--large", "tiny", "--small", "tiny", "--repeat", "4"])
+    return backend, out, runs
+
+
+def test_the_whole_choice_runs_on_the_emulated_backend(tools, emulated_choice, capsys):
+    """Every sweep of choose_settings.py end to end, on config tiny: what it
+    prints, the settings it writes (whatever the emulator's timings choose),
+    and the class's settings as they were after it."""
+    knobs, cs, _ = tools
+    backend, out, runs = emulated_choice
+    before = {name: getattr(type(backend), name) for name in knobs.NAMES}
     assert cs.main() == 0
     printed = capsys.readouterr().out
     for line in ("small-priority: tiny", "large-tf32: tiny, tf32", "TF32 winner: ",
@@ -198,7 +206,8 @@ def test_with_settings_sets_them_before_the_module_runs(tmp_path):
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
-    from gpubp.backends.cupy_backend import CupyBackend as C    # main's, whatever they are
+    # main's settings, whatever they are by now
+    from gpubp.backends.cupy_backend import CupyBackend as C
 
     assert run("_BESIDE_SMS.tf32=16,_STEP_PRIORITY=1,_BG_BLOCK_ROWS=32") == \
         f"{{'tf32': 16}} {C._BACKWARD_BESIDE} True 32 ['--a', 'b']"
@@ -321,20 +330,12 @@ def test_each_round_has_its_own_order_and_times_a_step_after_an_untimed_one(
     assert after_floor == {"main", "main-rows32"} and len({tuple(o) for o in orders}) > 2
 
 
-def test_a_choice_cut_short_in_its_last_step_keeps_the_earlier_decisions(tools, monkeypatch,
-                                                                          tmp_path):
+def test_a_choice_cut_short_in_its_last_step_keeps_the_earlier_decisions(tools, emulated_choice,
+                                                                          monkeypatch):
     """choose_settings.py writes steps 0-2's settings before step 3 runs: a run cut short
     there (here: its sweep raises) leaves them, and the times measured so far, behind."""
-    from _cuda_emulator import emulated_backend
-
-    import gpubp.backends
-    from gpubp.bench import timing
-
     knobs, cs, ks = tools
-    backend = emulated_backend(sms=8)
-    monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", 100)     # tiny's 12 x 12 layers
-    monkeypatch.setattr(gpubp.backends, "get_backend", lambda name="auto": backend)
-    monkeypatch.setattr(timing, "CupyEvents", timing.HostClock)
+    _, out, runs = emulated_choice
     monkeypatch.setattr(cs, "decide_tf32", lambda *a, **k: "_BESIDE_SMS=16,_BACKWARD_BESIDE=1")
     monkeypatch.setattr(cs, "decide_flags_and_float32",
                         lambda tf32, variants, winner, *a: (winner, "_BESIDE_SMS=4", []))
@@ -346,9 +347,6 @@ def test_a_choice_cut_short_in_its_last_step_keeps_the_earlier_decisions(tools, 
         return real(backend, config, precision, variants, *args, **kwargs)
 
     monkeypatch.setattr(ks, "sweep", sweep)
-    out, runs = tmp_path / "settings.txt", tmp_path / "runs.json"
-    monkeypatch.setattr(sys, "argv", ["choose_settings.py", "--out", str(out), "--json", str(runs),
-                                      "--large", "tiny", "--small", "tiny", "--repeat", "3"])
     with pytest.raises(KeyboardInterrupt):
         cs.main()
     assert knobs.parse(out.read_text()) == {"_BESIDE_SMS": {"tf32": 16, "float32": 4},

@@ -470,13 +470,10 @@ class CupyBackend:
         a wait on one outside that capture. So the eager step that follows a
         failed capture can still end."""
         main = self._cupy.cuda.get_current_stream()
-        capturing = None
+        capturing = main.is_capturing()
         for done, captured in getattr(self._local, "pending", []):
-            if captured:
-                capturing = main.is_capturing() if capturing is None else capturing
-                if not capturing:
-                    continue
-            main.wait_event(done)
+            if capturing or not captured:
+                main.wait_event(done)
         self._local.pending = []
 
     # -- the batch gather ------------------------------------------------------

@@ -238,9 +238,12 @@ class NumpyBackend:
     def _row_sum(self, z, out):
         """out[i, 0] = sum_j z[i, j], as BLAS's product z @ ones (1.8 against
         7.8 µs for 256 x 10), as bias_grad sums columns."""
-        ones = self._work.empty((z.shape[1],), z.dtype, "ones", init=lambda a: a.fill(1))
-        self.xp.matmul(z, ones, out=out[:, 0])
+        self.xp.matmul(z, self._ones(z.shape[1], z.dtype), out=out[:, 0])
         return out
+
+    def _ones(self, n, dtype):
+        """n ones (a constant work array), for sums as products."""
+        return self._work.empty((n,), dtype, "ones", init=lambda a: a.fill(1))
 
     # -- loss and output delta ----------------------------------------------
     def softmax_cross_entropy(self, z, y, labels, delta, loss, scale):
@@ -393,8 +396,7 @@ class NumpyBackend:
         ones @ delta: BLAS's matrix-vector product reads delta once, on every
         core, where NumPy's sum over axis 0 adds it row by row on one (2.7
         times longer on a 262144 x 64 delta; benchmarks/NOTES.md)."""
-        ones = self._work.empty((delta.shape[0],), delta.dtype, "ones", init=lambda a: a.fill(1))
-        return self.xp.matmul(ones, delta, out=out)
+        return self.xp.matmul(self._ones(delta.shape[0], delta.dtype), delta, out=out)
 
     def l2_penalty(self, w, g, loss, l2, m):
         """g += (l2 / m) w; loss += (l2 / 2) sum w^2 (kernels/l2_penalty.cu).
