@@ -64,14 +64,17 @@ class CupyBackend:
         """The device address of an array's data (what a CUDA graph bakes in)."""
         return a.data.ptr
 
-    # The step's own kernels before the work beside them (off: not yet measured;
-    # benchmarks/NOTES.md, "The sixth session"). Where a step's kernels and
-    # Adam's both wait for an SM, CUDA places the blocks of the stream of higher
-    # priority first. With this on, the step runs on a stream of the highest
-    # priority, the lanes beside it keep the default (the lowest), and captured
-    # steps launch with their kernels' own priorities (NodePriorityGraph: a
-    # graph otherwise runs all of them at its launch stream's).
-    _STEP_PRIORITY = False
+    # The step's own kernels before the work beside them. Where a step's kernels
+    # and Adam's both wait for an SM, CUDA places the blocks of the stream of
+    # higher priority first. With this on, the step runs on a stream of the
+    # highest priority, the lanes beside it keep the default (the lowest), and
+    # captured steps launch with their kernels' own priorities (NodePriorityGraph:
+    # a graph otherwise runs all of them at its launch stream's). On: graph steps
+    # on an H100 in interleaved rounds (benchmarks/NOTES.md, "The eleventh
+    # session"): large TF32 4260 against 4372 µs (0.974, faster in 39 of 40
+    # rounds), large float32 21943 against 22237 (0.987, 10 of 10), small 94.4
+    # against 94.6 (0.997, 42 of 50).
+    _STEP_PRIORITY = True
 
     def new_stream(self, step=False):
         """A stream of its own (non-blocking: CUDA graphs cannot capture the
@@ -286,7 +289,9 @@ class CupyBackend:
             (err, a, out, np.int64(out.size)))
         return out
 
-    _BG_BLOCK_ROWS = 256
+    # 32 rows per block row: small's step 82.9 against 94.8 µs with 256 (faster in 50
+    # of 50 interleaved rounds on an H100), large TF32 4308 against 4314 (0.999).
+    _BG_BLOCK_ROWS = 32
 
     def _wide(self, cols, dtype, *arrays):
         """Whether bias_grad.cu's packed kernels take these rows: 32 packs or
@@ -301,9 +306,8 @@ class CupyBackend:
         rows, cols = delta.shape
         t = self._t(delta.dtype)
         grid_x = (cols // (16 // delta.dtype.itemsize) + 31) // 32
-        # A block row per _BG_BLOCK_ROWS rows (256, bias_grad's rule): small's 256 x 256 gets 2
-        # blocks, the likely cause of its slower step (benchmarks/NOTES.md). `gpubp bench
-        # --kernels` also times 32, the change to measure.
+        # A block row per _BG_BLOCK_ROWS rows (256 was bias_grad's rule, which gave small's
+        # 256 x 256 2 blocks); at most 16 blocks per SM in all.
         grid_y = max(1, min(-(-rows // self._BG_BLOCK_ROWS), (16 * self._sms) // grid_x, 65535))
         partial = db if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
         variant = ("0, false" if activation is None

@@ -148,13 +148,13 @@ DENSE_VARIANTS = [("composed", {"_DL_MAX": 0, "_DL_FORWARD_MIN_N": 0}),
 
 
 # The cases whose kernels move 16-byte packs (gpubp_pack), also timed one element at a time;
-# the packed column sums also with a block row per 32 rows (CupyBackend._BG_BLOCK_ROWS).
+# the packed column sums also with a block row per 256 rows (CupyBackend._BG_BLOCK_ROWS: 32).
 PACKED_VARIANTS = [("one element at a time", {"_packed": lambda *arrays: False})]
 PACKED_CASES = ("bias_activation sigmoid", "activation_backward sigmoid",
                 "activation_backward+bias_grad sigmoid", "activation_backward+bias_grad 256x256",
                 "bias_grad 4096x4096", "adam 50M parameters", "gather_rows 262144x64",
                 "gather_rows 4096x4096")
-COLUMN_SUM_VARIANTS = PACKED_VARIANTS + [("32 rows per block row", {"_BG_BLOCK_ROWS": 32})]
+COLUMN_SUM_VARIANTS = PACKED_VARIANTS + [("256 rows per block row", {"_BG_BLOCK_ROWS": 256})]
 
 
 def _variants_of(name, backend):
