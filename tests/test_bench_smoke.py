@@ -341,7 +341,7 @@ def test_kernel_table_runs_every_case():
             assert list(r["variants"]) == [label for label, _ in variants]
             assert all(v["median_us"] > 0 for v in r["variants"].values())
     assert printed.count("composed ") == 4 and printed.count("one element at a time ") == 8
-    assert printed.count("32 rows per block row ") == 3
+    assert printed.count("256 rows per block row ") == 3
     assert emulated._dl_blocks_per_sm == 6
     assert not {"_DL_MAX", "_DL_FORWARD_MIN_N", "_packed", "_BG_BLOCK_ROWS"} & set(emulated.__dict__)
 

@@ -236,6 +236,7 @@ def test_a_variant_whose_step_fails_is_left_out_and_never_chosen(tools, monkeypa
 
     knobs, cs, ks = tools
     backend = emulated_backend(sms=8)
+    monkeypatch.setattr(type(backend), "_STEP_PRIORITY", False)      # main's without the flag
     monkeypatch.setattr(timing, "CupyEvents", timing.HostClock)
     real = workloads.GpubpWorkload
 

@@ -398,9 +398,10 @@ class CupyBackend:
     # SM, so Adam's blocks find room only between them. While updates run
     # beside the backward pass, the GEMMs then ask cuBLAS for kernels made for
     # this many SMs fewer (cublasSetSmCountTarget), so that Adam's blocks get
-    # SMs of their own throughout. A precision not named here: every SM, as
-    # measured so far. A count is to be measured first (benchmarks/gpu_session.sh,
-    # and benchmarks/NOTES.md, "The next session with a GPU").
+    # SMs of their own throughout. A precision not named here: every SM. None is
+    # named: on an H100 (benchmarks/NOTES.md, "The eleventh session") the TF32 step
+    # took 0.999, 1.028, 1.049 and 1.126 of main's with 4, 8, 16 and 32 SMs fewer,
+    # float32's 0.998 with 4 and 16: the GEMMs lose more than Adam gains.
     _BESIDE_SMS = {}
 
     def _gemm_sms(self, precision):
@@ -421,8 +422,9 @@ class CupyBackend:
         """The layers, past the first, with at least _OVERLAP_MIN_WEIGHTS weights."""
         return [layer for layer in self._large_layers(layer_sizes) if layer > 0]
 
-    # The per-element work of the backward pass beside its GEMMs (off: not yet
-    # measured; benchmarks/NOTES.md, "The sixth session"). For each layer in
+    # The per-element work of the backward pass beside its GEMMs (off: on an H100
+    # the TF32 step took 1.015 to 1.186 of main's with it, in every combination
+    # tried; benchmarks/NOTES.md, "The eleventh session"). For each layer in
     # backward_beside, the error product through its weights runs first, and
     # the delta of the layer below (with its bias sums) beside the product
     # for its weight gradient; the output layer's bias sums beside its products.
