@@ -192,10 +192,14 @@ class MLP:
     # -- the algorithm -------------------------------------------------------
     def _forward(self, X, bufs, last="identity"):
         """Every layer's activation into ``bufs.acts``; the last layer gets ``last``
-        (identity gives the logits the fused loss kernels start from)."""
+        (identity gives the logits the fused loss kernels start from; None, its
+        product alone, without the bias: backend.loss_bias_grad adds it)."""
         a = X
         for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
             z = bufs.acts[layer + 1]
+            if layer == self.n_layers - 1 and last is None:
+                self.backend.matmul(a, w, out=z, precision=self.precision)
+                return z
             act = self.activation if layer < self.n_layers - 1 else last
             self.backend.dense_forward(a, w, b, act, out=z, precision=self.precision)
             a = z
@@ -222,15 +226,21 @@ class MLP:
         # Layers whose per-element backward work runs beside their GEMMs (on a
         # GPU, where asked: CupyBackend._BACKWARD_BESIDE); the same kernels, so the same bits.
         split = backend.backward_beside(self.layer_sizes)
-        logits = self._forward(X, bufs)
         delta = bufs.deltas[self.n_layers]
-        self._output_delta(logits, dense, labels, kind, delta, loss_acc, 1.0 / m, rows)
         sums = below = None                 # tokens of work beside: output bias sums, next delta
-        if top in split:
-            sums = backend.beside(partial(backend.bias_grad, delta, out=self.grad_biases[-1]),
-                                  lane="backward")
+        if backend.fuses_output(kind, delta):
+            # the output layer's bias, loss, delta and bias sums in one pass
+            product = self._forward(X, bufs, last=None)
+            backend.loss_bias_grad(product, self.biases[-1], dense, kind, delta, loss_acc, 1.0 / m,
+                                   db=self.grad_biases[-1], rows=rows)
         else:
-            backend.bias_grad(delta, out=self.grad_biases[-1])
+            logits = self._forward(X, bufs)
+            self._output_delta(logits, dense, labels, kind, delta, loss_acc, 1.0 / m, rows)
+            if top in split:
+                sums = backend.beside(partial(backend.bias_grad, delta, out=self.grad_biases[-1]),
+                                      lane="backward")
+            else:
+                backend.bias_grad(delta, out=self.grad_biases[-1])
         for layer in reversed(range(self.n_layers)):
             if below is not None:           # this layer's delta, made beside the layer above
                 backend.join(below)

@@ -82,19 +82,21 @@ __device__ __forceinline__ double gpubp_warp_sum(double v) {
 }
 
 // Sum v over the block and add the total to *acc with one atomic per block.
-// Every thread of the block must call it (it holds a barrier); blockDim.x is
-// a multiple of 32 and at most 1024. The blocks' order of arrival varies, so
+// Every thread of the block must call it (it holds a barrier); the block's
+// threads (blockDim.x blockDim.y, in the order x fastest) are a multiple of 32
+// and at most 1024. The blocks' order of arrival varies, so
 // a sum made this way (the loss figures, in double) can differ in its last
 // bits from run to run; no parameter or gradient is summed this way.
 __device__ __forceinline__ void gpubp_block_sum_into(double v, double* acc) {
     __shared__ double warp_totals[32];
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
+    const int t_id = threadIdx.x + blockDim.x * threadIdx.y;
+    const int lane = t_id & 31;
+    const int warp = t_id >> 5;
     v = gpubp_warp_sum(v);
     if (lane == 0) warp_totals[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        const int n_warps = blockDim.x >> 5;
+        const int n_warps = (blockDim.x * blockDim.y) >> 5;
         double t = lane < n_warps ? warp_totals[lane] : 0.0;
         t = gpubp_warp_sum(t);
         if (lane == 0) atomicAdd(acc, t);

@@ -12,7 +12,27 @@
 // pointwise_loss_gathered is the same with the targets read in place from the
 // whole data set, y = Y[order[*offset + i], :] for row i (the batch gather of
 // gather_rows.cu, fused: the trainer's step then never copies Y's rows).
-// NumPy reference: NumpyBackend.pointwise_loss.
+//
+// pointwise_loss_bias_grad<T, LOSS, GATHERED> is the whole output layer after
+// its product z = A W (rows, cols), in one pass over wide rows: the bias, the
+// loss and delta, and the delta's column sums (the bias gradient),
+//
+//   zb[i, j]    = z[i, j] + b[j]             (bias_activation.cu, identity)
+//   loss       += l(zb[i, j], y[i, j])        (the variants above; y gathered
+//   delta[i, j] = scale * dl/dzb[i, j]         from Y where GATHERED)
+//   partial[r, j] = sum of delta[i, j] over block row r's rows
+//
+// laid out as bias_grad.cu's bias_grad_packed (a (32, 8) block over 32 packs
+// of columns, rows i and i + S in two accumulators, S = 8 gridDim.y), so that
+// delta and partial are bit for bit what bias_activation, pointwise_loss and
+// bias_grad_packed make one after another on the same grid (the loss to its
+// rounding: its blocks add up in another order); bias_grad_finish then makes
+// db from partial (with one block row, partial is db). It reads z and y and
+// writes delta, 12 bytes per float where the three kernels move 24: the
+// logits with their bias are never stored (z keeps the product) and delta is
+// not read again for its sums. cols is a multiple of the pack, every operand
+// 16-byte aligned (gpubp_pack).
+// NumPy reference: NumpyBackend.pointwise_loss, NumpyBackend.loss_bias_grad.
 #include "common.cuh"
 
 // One element: returns its delta and adds its loss to acc.
@@ -74,6 +94,65 @@ __global__ void pointwise_loss_gathered(const T* __restrict__ z, const T* __rest
     gpubp_block_sum_into(acc, loss);
 }
 
+template <typename T, int LOSS, bool GATHERED>
+__global__ void pointwise_loss_bias_grad(const T* __restrict__ z, const T* __restrict__ b,
+                                         const T* __restrict__ y,
+                                         const long long* __restrict__ order,
+                                         const long long* __restrict__ offset,
+                                         T* __restrict__ delta, double* __restrict__ loss,
+                                         T* __restrict__ partial, int rows, int cols, T scale) {
+    constexpr int P = gpubp_pack<T>::n;
+    __shared__ gpubp_pack<T> lanes[8][32];
+    const int pc = blockIdx.x * 32 + threadIdx.x;            // this thread's pack of columns
+    const long long step = (long long)gridDim.y * 8;
+    double acc = 0.0;
+    gpubp_pack<T> s0, s1;
+#pragma unroll
+    for (int k = 0; k < P; ++k) s0.v[k] = s1.v[k] = T(0);
+    if (pc < cols / P) {
+        const long long col = (long long)pc * P;
+        const long long base = GATHERED ? *offset : 0;
+        const gpubp_pack<T> bj = gpubp_load_pack(b + col);
+        long long i = (long long)blockIdx.y * 8 + threadIdx.y;
+        for (; i < rows; i += 2 * step) {
+            const bool second = i + step < rows;
+            const long long at0 = i * cols + col, at1 = (i + step) * cols + col;
+            gpubp_pack<T> z0 = gpubp_load_pack(z + at0), z1;
+            gpubp_pack<T> y0 = gpubp_load_pack(y + (GATHERED ? order[base + i] : i) * cols + col), y1;
+            if (second) {
+                z1 = gpubp_load_pack(z + at1);
+                y1 = gpubp_load_pack(y + (GATHERED ? order[base + i + step] : i + step) * cols + col);
+            }
+#pragma unroll
+            for (int k = 0; k < P; ++k) z0.v[k] = pointwise_element<T, LOSS>(z0.v[k] + bj.v[k], y0.v[k], scale, acc);
+            gpubp_store_pack(delta + at0, z0);
+            if (second) {
+#pragma unroll
+                for (int k = 0; k < P; ++k) z1.v[k] = pointwise_element<T, LOSS>(z1.v[k] + bj.v[k], y1.v[k], scale, acc);
+                gpubp_store_pack(delta + at1, z1);
+            }
+#pragma unroll
+            for (int k = 0; k < P; ++k) {
+                s0.v[k] += z0.v[k];
+                if (second) s1.v[k] += z1.v[k];
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < P; ++k) s0.v[k] += s1.v[k];
+    lanes[threadIdx.y][threadIdx.x] = s0;
+    __syncthreads();
+    if (threadIdx.y == 0 && pc < cols / P) {
+        gpubp_pack<T> total = lanes[0][threadIdx.x];
+        for (int r = 1; r < 8; ++r) {
+#pragma unroll
+            for (int k = 0; k < P; ++k) total.v[k] += lanes[r][threadIdx.x].v[k];
+        }
+        gpubp_store_pack(partial + (long long)blockIdx.y * cols + (long long)pc * P, total);
+    }
+    gpubp_block_sum_into(acc, loss);
+}
+
 template __global__ void pointwise_loss<float, 0>(const float*, const float*, float*, double*, long long, float);
 template __global__ void pointwise_loss<float, 1>(const float*, const float*, float*, double*, long long, float);
 template __global__ void pointwise_loss<float, 2>(const float*, const float*, float*, double*, long long, float);
@@ -86,3 +165,15 @@ template __global__ void pointwise_loss_gathered<float, 2>(const float*, const f
 template __global__ void pointwise_loss_gathered<double, 0>(const double*, const double*, const long long*, const long long*, double*, double*, long long, int, double);
 template __global__ void pointwise_loss_gathered<double, 1>(const double*, const double*, const long long*, const long long*, double*, double*, long long, int, double);
 template __global__ void pointwise_loss_gathered<double, 2>(const double*, const double*, const long long*, const long long*, double*, double*, long long, int, double);
+template __global__ void pointwise_loss_bias_grad<float, 0, false>(const float*, const float*, const float*, const long long*, const long long*, float*, double*, float*, int, int, float);
+template __global__ void pointwise_loss_bias_grad<float, 0, true>(const float*, const float*, const float*, const long long*, const long long*, float*, double*, float*, int, int, float);
+template __global__ void pointwise_loss_bias_grad<float, 1, false>(const float*, const float*, const float*, const long long*, const long long*, float*, double*, float*, int, int, float);
+template __global__ void pointwise_loss_bias_grad<float, 1, true>(const float*, const float*, const float*, const long long*, const long long*, float*, double*, float*, int, int, float);
+template __global__ void pointwise_loss_bias_grad<float, 2, false>(const float*, const float*, const float*, const long long*, const long long*, float*, double*, float*, int, int, float);
+template __global__ void pointwise_loss_bias_grad<float, 2, true>(const float*, const float*, const float*, const long long*, const long long*, float*, double*, float*, int, int, float);
+template __global__ void pointwise_loss_bias_grad<double, 0, false>(const double*, const double*, const double*, const long long*, const long long*, double*, double*, double*, int, int, double);
+template __global__ void pointwise_loss_bias_grad<double, 0, true>(const double*, const double*, const double*, const long long*, const long long*, double*, double*, double*, int, int, double);
+template __global__ void pointwise_loss_bias_grad<double, 1, false>(const double*, const double*, const double*, const long long*, const long long*, double*, double*, double*, int, int, double);
+template __global__ void pointwise_loss_bias_grad<double, 1, true>(const double*, const double*, const double*, const long long*, const long long*, double*, double*, double*, int, int, double);
+template __global__ void pointwise_loss_bias_grad<double, 2, false>(const double*, const double*, const double*, const long long*, const long long*, double*, double*, double*, int, int, double);
+template __global__ void pointwise_loss_bias_grad<double, 2, true>(const double*, const double*, const double*, const long long*, const long long*, double*, double*, double*, int, int, double);

@@ -518,6 +518,7 @@ class EmulatedCupyBackend(CupyBackend):
         self._dl_blocks_per_sm = 6
         self._unused_labels = np.zeros(1, dtype=np.int32)
         self._unused_loss = np.zeros(1, dtype=np.float64)
+        self._unused_order = np.zeros(1, dtype=np.int64)
         self._work = WorkArrays(_DeviceMemory)
         self._kernels = EmulatedKernels(reverse_order,
                                         ("start" if reverse_order else "end") if guard else None)

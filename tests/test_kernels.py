@@ -270,6 +270,97 @@ def test_pointwise_loss(both, rng, dtype, kind, gathered):
         np.testing.assert_array_equal(d2, dn)
 
 
+def _loss_bias_grad_case(cpb, rng, dtype, kind, shape, gathered):
+    """Fresh operands for loss_bias_grad on ``cpb``: the product z, bias b,
+    targets (the rows order[offset : offset + m] of a larger set where
+    gathered), NaN-filled delta and db, a loss accumulator already holding a
+    value, a scale; and the same on the host."""
+    m, k = shape
+    n_y = 3 * m + 5 if gathered else m
+    yv = rng.normal(size=(n_y, k)) if kind == "mse_identity" else rng.uniform(0, 1, size=(n_y, k))
+    host = {"z": rng.normal(scale=3.0, size=shape).astype(dtype),
+            "b": rng.normal(size=k).astype(dtype), "y": yv.astype(dtype),
+            "delta": np.full(shape, np.nan, dtype=dtype), "loss": np.full((), rng.uniform(1, 2)),
+            "db": np.full(k, np.nan, dtype=dtype)}
+    rows = None
+    if gathered:
+        rows = (rng.permutation(n_y).astype(np.int64), np.array([m + 3], dtype=np.int64))
+    scale = float(rng.uniform(0.001, 0.1))
+    dev = {name: cpb.asarray(a) for name, a in host.items()}
+    dev_rows = None if rows is None else tuple(cpb.asarray(r) for r in rows)
+    return dev, dev_rows, host, rows, scale
+
+
+def _spy_kernels(monkeypatch, cpb):
+    """The kernel expressions ``cpb`` launches from now on, in order."""
+    launched, function = [], cpb._kernels.function
+
+    def spied(name, expression):
+        launched.append(expression)
+        return function(name, expression)
+
+    monkeypatch.setattr(cpb._kernels, "function", spied)
+    return launched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["mse_identity", "mse_sigmoid", "bce_sigmoid"])
+@pytest.mark.parametrize("gathered", [False, True])
+@pytest.mark.parametrize("shape", [(517, 256), (41, 132), (3, 128), (40, 12)])   # last: narrow
+@pytest.mark.parametrize("block_rows", [256, 32])
+def test_loss_bias_grad(both, rng, monkeypatch, dtype, kind, gathered, shape, block_rows):
+    """The output layer's bias, loss, delta and bias sums in one pass over wide
+    rows (pointwise_loss_bias_grad; 40 x 12 is too narrow and takes the three
+    kernels in turn), against NumPy's definition: the three passes."""
+    cpb, npb = both
+    monkeypatch.setattr(cpb, "_BG_BLOCK_ROWS", block_rows)
+    launched = _spy_kernels(monkeypatch, cpb)
+    dev, dev_rows, host, rows, scale = _loss_bias_grad_case(cpb, rng, dtype, kind, shape, gathered)
+    cpb.loss_bias_grad(dev["z"], dev["b"], dev["y"], kind, dev["delta"], dev["loss"], scale,
+                       dev["db"], rows=dev_rows)
+    npb.loss_bias_grad(host["z"], host["b"], host["y"], kind, host["delta"], host["loss"], scale,
+                       host["db"], rows=rows)
+    fused = any(e.startswith("pointwise_loss_bias_grad") for e in launched)
+    assert fused == (shape[1] != 12), launched
+    _check(cpb, dev["delta"], host["delta"], dtype)
+    _check(cpb, dev["loss"], host["loss"], dtype)
+    assert sum_error(cpb.to_numpy(dev["db"]), host["delta"]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["mse_identity", "bce_sigmoid"])
+@pytest.mark.parametrize("gathered", [False, True])
+@pytest.mark.parametrize("block_rows", [256, 32])
+def test_loss_bias_grad_is_the_three_kernels_bit_for_bit(both, rng, monkeypatch, dtype, kind,
+                                                         gathered, block_rows):
+    """One pass gives the bits of bias_activation, pointwise_loss and
+    bias_grad (bias_grad_packed) launched in turn on the same operands, delta
+    and db alike; the loss, whose blocks add up in another order, within 1e-12."""
+    cpb, _ = both
+    monkeypatch.setattr(cpb, "_BG_BLOCK_ROWS", block_rows)
+    launched = _spy_kernels(monkeypatch, cpb)
+    seed = int(rng.integers(2**32))
+    one, one_rows, _, _, scale = _loss_bias_grad_case(cpb, np.random.default_rng(seed), dtype, kind,
+                                                      (301, 132), gathered)
+    three, three_rows, _, _, _ = _loss_bias_grad_case(cpb, np.random.default_rng(seed), dtype, kind,
+                                                      (301, 132), gathered)
+    cpb.loss_bias_grad(one["z"], one["b"], one["y"], kind, one["delta"], one["loss"], scale,
+                       one["db"], rows=one_rows)
+    assert launched[-2:] == [
+        f"pointwise_loss_bias_grad<{cpb._t(dtype)}, {cpb._POINTWISE[kind]}, "
+        f"{'true' if gathered else 'false'}>", f"bias_grad_finish<{cpb._t(dtype)}>"], launched
+    cpb.bias_activation(three["z"], three["b"], "identity")
+    cpb.pointwise_loss(three["z"], three["y"], kind, three["delta"], three["loss"], scale,
+                       rows=three_rows)
+    cpb.bias_grad(three["delta"], out=three["db"])
+    assert f"bias_grad_packed<{cpb._t(dtype)}, 0, false>" in launched
+    for name in ("delta", "db"):
+        got = cpb.to_numpy(one[name])
+        assert not np.isnan(got).any()
+        np.testing.assert_array_equal(got, cpb.to_numpy(three[name]))
+    np.testing.assert_allclose(cpb.to_numpy(one["loss"]), cpb.to_numpy(three["loss"]), rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (256, 10), (1000, 257), (262144, 64), (999, 256)])
 def test_bias_grad(both, rng, dtype, shape):

@@ -696,7 +696,8 @@ def _knobs_off(backend, monkeypatch, **knobs):
     """CupyBackend's settings for the work beside the GEMMs off, as main had
     them before any was measured, then ``knobs``: each test below holds one of
     them to its own reference, whatever main sets."""
-    off = {"_BESIDE_SMS": {}, "_BACKWARD_BESIDE": False, "_STEP_PRIORITY": False}
+    off = {"_BESIDE_SMS": {}, "_BACKWARD_BESIDE": False, "_STEP_PRIORITY": False,
+           "_OUTPUT_FUSED": False}
     for name, value in {**off, **knobs}.items():
         monkeypatch.setattr(type(backend), name, value)
 
@@ -956,3 +957,64 @@ def test_gemms_made_for_fewer_sms_on_the_gpu(monkeypatch):
     assert trainer.graphs_off_reason is None
     np.testing.assert_allclose(fewer, base, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_fewer["loss"], h_base["loss"], rtol=1e-5)
+
+
+def _train_output(backend, monkeypatch, fused, cuda_graphs, output, loss, rng_seed=0):
+    """[6, 40, 132] (132 outputs: 33 packs of floats, wide) with an elementwise
+    loss for 3 epochs (batches of 16 of 100 rows, the last of 4; L2 0.05),
+    _OUTPUT_FUSED as given, the other settings off. Returns the parameters, the
+    history, the trainer and how many output layers took loss_bias_grad's one pass."""
+    rng = np.random.default_rng(rng_seed)
+    X = rng.normal(size=(100, 6)).astype(np.float32)
+    Y = (rng.uniform(size=(100, 132)) if output == "sigmoid"
+         else rng.normal(size=(100, 132))).astype(np.float32)
+    _knobs_off(backend, monkeypatch, _OUTPUT_FUSED=fused)
+    one_pass = []
+    real = backend.loss_bias_grad
+    monkeypatch.setattr(backend, "loss_bias_grad",
+                        lambda *a, **k: (one_pass.append(1), real(*a, **k))[1])
+    model = gpubp.MLP([6, 40, 132], activation="tanh", output=output, backend=backend, seed=2)
+    trainer = gpubp.Trainer(model, loss=loss, optimizer=gpubp.optim.AdamW(1e-2, eps=1e-6),
+                            batch_size=16, l2=0.05, seed=3, cuda_graphs=cuda_graphs)
+    history = trainer.fit(X, Y, epochs=3, validation_data=(X[:30], Y[:30]))
+    monkeypatch.undo()
+    return backend.to_numpy(model.params), history, trainer, len(one_pass)
+
+
+def _check_output_fused(backend, monkeypatch, output, loss):
+    """Eager with the output layer's passes one after another, then eager and
+    graph-replayed in one pass each: the same parameter bits; the losses
+    within 1e-12 (summed by blocks in another order)."""
+    with backend.capturable():
+        apart, h_apart, _, one_pass = _train_output(backend, monkeypatch, False, False, output, loss)
+        assert one_pass == 0
+        fused, h_fused, _, one_pass = _train_output(backend, monkeypatch, True, False, output, loss)
+    assert one_pass == 7 * 3                        # every step of 3 epochs of 7 batches
+    graphed, h_graph, trainer, _ = _train_output(backend, monkeypatch, True, True, output, loss)
+    assert trainer.graphs_off_reason is None
+    for params, history in ((fused, h_fused), (graphed, h_graph)):
+        np.testing.assert_array_equal(params, apart)
+        np.testing.assert_allclose(history["loss"], h_apart["loss"], rtol=1e-12)
+        # evaluation takes the passes one after another either way
+        np.testing.assert_allclose(history["val_loss"], h_apart["val_loss"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("output,loss", [("identity", "mse"), ("sigmoid", "binary_cross_entropy")])
+def test_output_layer_in_one_pass_changes_no_bit(monkeypatch, output, loss):
+    """_OUTPUT_FUSED: the output layer's bias, loss, delta and bias sums in one
+    pass (pointwise_loss_bias_grad, the targets read in place), instead of
+    bias_activation, pointwise_loss and bias_grad in turn: the same bits.
+    Emulated kernels on a pretend GPU of 7 SMs (several block rows of sums)."""
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend(sms=7)
+    assert not backend.fuses_output("mse_identity", np.zeros((16, 132), np.float32))   # main: off
+    _check_output_fused(backend, monkeypatch, output, loss)
+
+
+@requires_cupy
+@pytest.mark.parametrize("output,loss", [("identity", "mse"), ("sigmoid", "binary_cross_entropy")])
+def test_output_layer_in_one_pass_changes_no_bit_on_the_gpu(monkeypatch, output, loss):
+    """The same on a GPU, eager and graph-replayed."""
+    _needs_direct_gemm()
+    _check_output_fused(gpubp.get_backend("cupy"), monkeypatch, output, loss)

@@ -385,6 +385,23 @@ class NumpyBackend:
         self.matmul(delta, w, out=out, transb=True, precision=precision)
         return self.activation_backward_bias_grad(out, a, activation, out=out, db=db)
 
+    def fuses_output(self, kind, delta):
+        """Whether MLP._backprop hands this output layer's bias, loss, delta and
+        bias gradient to ``loss_bias_grad`` in one call: never on the CPU (the
+        same passes, one after another, as dense_forward and pointwise_loss
+        make them)."""
+        return False
+
+    def loss_bias_grad(self, z, b, y, kind, delta, loss, scale, db, rows=None):
+        """The output layer of an elementwise loss after its product z = A W:
+        z += b, then pointwise_loss (``kind``, ``rows`` as there), then db =
+        the column sums of delta (kernels/pointwise_loss.cu,
+        pointwise_loss_bias_grad, does all three in one pass over wide rows,
+        leaving z as it was). Afterwards z holds the logits or the product."""
+        self.bias_activation(z, b, "identity")
+        self.pointwise_loss(z, y, kind, delta, loss, scale, rows=rows)
+        return self.bias_grad(delta, out=db)
+
     def activation_backward_bias_grad(self, err, a, activation, out, db):
         """out = err * g'(a), then db = its column sums (kernels/bias_grad.cu,
         bias_grad_packed with FUSED, does both in one pass over wide rows)."""

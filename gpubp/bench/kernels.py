@@ -90,6 +90,14 @@ def _cases(m_narrow=262144, wide=4096):
             return lambda: b.pointwise_loss(z, y, "mse_identity", delta, loss, 1.0 / rows)
         return setup
 
+    def mse_bias_grad(rows, k):
+        def setup(b, rng):
+            z, y, bias = _rand(b, rng, rows, k), _rand(b, rng, rows, k), _rand(b, rng, k)
+            delta, loss = b.xp.empty((rows, k), dtype=np.float32), b.xp.zeros((), dtype=np.float64)
+            db = b.xp.empty(k, dtype=np.float32)
+            return lambda: b.loss_bias_grad(z, bias, y, "mse_identity", delta, loss, 1.0 / rows, db)
+        return setup
+
     def adam(size):
         def setup(b, rng):
             p, g, m = (_rand(b, rng, size) for _ in range(3))
@@ -133,6 +141,8 @@ def _cases(m_narrow=262144, wide=4096):
          softmax_ce(rows_ce, 10)),
         ("pointwise_loss mse 262144x16", "narrow", F32 * 3 * n * 16, mse(n, 16)),
         ("pointwise_loss mse 4096x4096", "large", F32 * 3 * big, mse(wide, wide)),
+        ("bias+pointwise_loss+bias_grad mse 4096x4096", "large", F32 * (3 * big + 2 * wide),
+         mse_bias_grad(wide, wide)),
         ("adam 50M parameters", "large", F32 * 7 * n_adam, adam(n_adam)),
         ("gather_rows 262144x64", "narrow", F32 * 2 * n * 64 + 8 * n, gather(n, 64)),
         ("gather_rows 4096x4096", "large", F32 * 2 * big + 8 * wide, gather(wide, wide)),

@@ -22,7 +22,7 @@ import time
 from .workloads import synthetic_data
 
 OPS = ("gather_rows", "matmul", "dense_forward", "dense_backward", "bias_activation",
-       "activation_backward", "bias_grad", "pointwise_loss", "softmax_cross_entropy",
+       "activation_backward", "bias_grad", "pointwise_loss", "loss_bias_grad", "softmax_cross_entropy",
        "l2_penalty", "adam", "sgd", "advance_offset")
 
 
