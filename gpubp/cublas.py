@@ -80,12 +80,29 @@ def _call(lib, name, *args):
         raise CublasError(f"{name} failed with cuBLAS status {status}: {reason}")
 
 
+def _row_stride(name, x):
+    """Elements from one row of the matrix ``x`` to the next (cuBLAS's leading
+    dimension of the row-major matrix taken as column-major): its columns
+    where it is C-contiguous; else its rows must each be contiguous, as in a
+    slice of columns ``x[:, lo:hi]``."""
+    if x.ndim != 2:
+        raise ValueError(f"gemm operand {name} must be a matrix")
+    if x.flags.c_contiguous:
+        return max(1, x.shape[1])
+    step, item = x.strides, x.dtype.itemsize
+    if step[1] != item or step[0] % item or step[0] // item < x.shape[1]:
+        raise ValueError(f"gemm operand {name} must be a matrix whose rows are each contiguous "
+                         f"(C-contiguous, or a slice of its columns); got strides {step}")
+    return step[0] // item
+
+
 class Gemm:
     """``gemm(a, b, out, transa=False, transb=False, precision="float32", sms=0)``
     writes ``op(a) @ op(b)`` into ``out`` on the current CuPy stream.
 
-    a, b and out are C-contiguous CuPy arrays of one dtype (float32, or float64
-    with precision "float32"); "tf32" runs float32 products on the tensor cores
+    a, b and out are CuPy matrices of one dtype (float32, or float64
+    with precision "float32"), out C-contiguous, a and b C-contiguous or a
+    slice of a C-contiguous matrix's columns; "tf32" runs float32 products on the tensor cores
     in TF32 with float32 accumulation. ``sms`` > 0 asks cuBLAS for a kernel
     made for that many SMs (``cublasSetSmCountTarget``), leaving the others to
     work on another stream; 0 is every SM. ``lib`` is the cuBLAS library to call:
@@ -126,9 +143,9 @@ class Gemm:
             raise ValueError(f"no GEMM for dtype {out.dtype} with precision {precision!r}")
         if not (a.dtype == b.dtype == out.dtype):
             raise TypeError(f"gemm operands must share a dtype; got {a.dtype}, {b.dtype}, {out.dtype}")
-        for name, x in (("a", a), ("b", b), ("out", out)):
-            if x.ndim != 2 or not x.flags.c_contiguous:
-                raise ValueError(f"gemm operand {name} must be a C-contiguous matrix")
+        if out.ndim != 2 or not out.flags.c_contiguous:
+            raise ValueError("gemm operand out must be a C-contiguous matrix")
+        lda, ldb = _row_stride("a", a), _row_stride("b", b)
         M, N = out.shape
         K = a.shape[0] if transa else a.shape[1]
         if (a.shape[1] if transa else a.shape[0]) != M or (b.shape[1] if transb else b.shape[0]) != K \
@@ -152,7 +169,7 @@ class Gemm:
         one, zero = self._scalars[scalar]
         _call(self._lib, "cublasGemmEx",
               self._handle, OP_T if transb else OP_N, OP_T if transa else OP_N, N, M, K,
-              ctypes.byref(one), b.data.ptr, dtype, b.shape[1], a.data.ptr, dtype, a.shape[1],
+              ctypes.byref(one), b.data.ptr, dtype, ldb, a.data.ptr, dtype, lda,
               ctypes.byref(zero), out.data.ptr, dtype, N, compute, GEMM_DEFAULT)
         return out
 

@@ -212,7 +212,8 @@ class MLP:
         else:
             self.backend.pointwise_loss(logits, dense, kind, delta, loss_acc, scale, rows=rows)
 
-    def _backprop(self, X, dense, labels, kind, l2, bufs, loss_acc, rows=None, ready=None):
+    def _backprop(self, X, dense, labels, kind, l2, bufs, loss_acc, rows=None, ready=None,
+                  slabs=1):
         """One batch: forward, loss and output delta, backward into ``grads``.
 
         Adds m times the batch objective (summed per-example losses plus
@@ -220,7 +221,10 @@ class MLP:
         With ``rows = (order, offset)`` (elementwise losses only), ``dense`` is
         the whole data set's targets, the batch's its rows ``order[offset :
         offset + m]``, read in place by the loss. ``ready(layer)`` is called
-        once a layer's gradients are final and its weights read no more.
+        once a layer's gradients are final and its weights read no more;
+        with ``slabs`` > 1 (and ``ready``), the first layer's weight gradient
+        is made in that many slabs of rows (``_slab_rows``), and
+        ``ready(0, (lo, hi))`` called as each but the last is final.
         """
         m, backend, top = X.shape[0], self.backend, self.n_layers - 1
         # Layers whose per-element backward work runs beside their GEMMs (on a
@@ -256,10 +260,18 @@ class MLP:
                 below = backend.beside(
                     partial(backend.activation_backward_bias_grad, err, a_prev, self.activation,
                             out=err, db=self.grad_biases[layer - 1]), lane="backward")
-            backend.matmul(a_prev, delta, out=self.grad_weights[layer], transa=True,
-                           precision=self.precision)
-            if l2 and ready is not None:    # layer by layer: its update may start at once
-                backend.l2_penalty(self.weights[layer], self.grad_weights[layer], loss_acc, l2, m)
+            parts = [None]                  # the whole of dW, or the first layer's slabs
+            if layer == 0 and slabs > 1 and ready is not None:
+                parts = _slab_rows(a_prev.shape[1], slabs)
+            for part in parts:
+                w, gw, a = self.weights[layer], self.grad_weights[layer], a_prev
+                if part is not None:        # a slab of the first layer's rows
+                    w, gw, a = w[part[0]:part[1]], gw[part[0]:part[1]], a[:, part[0]:part[1]]
+                backend.matmul(a, delta, out=gw, transa=True, precision=self.precision)
+                if l2 and ready is not None:    # layer by layer: its update may start at once
+                    backend.l2_penalty(w, gw, loss_acc, l2, m)
+                if part is not None and part != parts[-1]:
+                    ready(0, part)
             if err is not None and not split_here:      # the delta below and its db, here
                 backend.dense_backward(delta, self.weights[layer], a_prev, self.activation,
                                        out=err, db=self.grad_biases[layer - 1],
@@ -280,25 +292,33 @@ class MLP:
 
         On the CuPy backend a layer with many weights (``overlap_layers``) is
         updated on a second stream as soon as its gradients are final, beside
-        the backward pass of the layers below it; the rest of the parameters
+        the backward pass of the layers below it, and, with
+        ``first_layer_slabs`` > 1, each slab of the first layer's rows but the
+        last beside the product for the next slab; the rest of the parameters
         after the backward pass. Each parameter gets the same update either
         way (the same bits); the stream waits for both before the step ends.
         """
         early = set(self.backend.overlap_layers(self.layer_sizes))
-        if not early:
+        slabs = self.backend.first_layer_slabs(self.layer_sizes)
+        if not early and slabs == 1:
             self._backprop(X, dense, labels, kind, l2, bufs, loss_acc, rows)
             optimizer.step(self)
             return
         optimizer._begin_step(self)
         done = []
 
-        def ready(layer):
-            if layer in early:
+        def ready(layer, part=None):
+            if part is not None:            # rows lo:hi of the first layer's weights
+                start, n_out = self._layer_ranges(layer)[0][0], self.layer_sizes[layer + 1]
+                ranges = [(start + part[0] * n_out, start + part[1] * n_out)]
+            elif layer in early:
                 ranges = self._layer_ranges(layer)
-                self.backend.beside(lambda: optimizer._update(self, ranges))
-                done.extend(ranges)
+            else:
+                return
+            self.backend.beside(lambda: optimizer._update(self, ranges))
+            done.extend(ranges)
 
-        self._backprop(X, dense, labels, kind, l2, bufs, loss_acc, rows, ready)
+        self._backprop(X, dense, labels, kind, l2, bufs, loss_acc, rows, ready, slabs)
         optimizer._update(self, _gaps(done, self.params.size))
         self.backend.rejoin()
 
@@ -461,6 +481,14 @@ class MLP:
         extra = "" if self.precision == "float32" else f", precision={self.precision!r}"
         return (f"MLP({self.layer_sizes}, activation={self.activation!r}, output={self.output!r}, "
                 f"backend={self.backend.name!r}, dtype={self.dtype.name!r}{extra})")
+
+
+def _slab_rows(n, slabs):
+    """``(lo, hi)`` for ``slabs`` slabs of rows ``range(n)`` as even as they can
+    be with every edge a multiple of 4 (16-byte aligned float32 operands); fewer
+    where n is too small."""
+    edges = sorted({0, n} | {n * j // slabs // 4 * 4 for j in range(1, slabs)})
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def _gaps(ranges, n):

@@ -697,7 +697,7 @@ def _knobs_off(backend, monkeypatch, **knobs):
     them before any was measured, then ``knobs``: each test below holds one of
     them to its own reference, whatever main sets."""
     off = {"_BESIDE_SMS": {}, "_BACKWARD_BESIDE": False, "_STEP_PRIORITY": False,
-           "_OUTPUT_FUSED": False}
+           "_OUTPUT_FUSED": False, "_FIRST_SLABS": 1}
     for name, value in {**off, **knobs}.items():
         monkeypatch.setattr(type(backend), name, value)
 
@@ -1018,3 +1018,67 @@ def test_output_layer_in_one_pass_changes_no_bit_on_the_gpu(monkeypatch, output,
     """The same on a GPU, eager and graph-replayed."""
     _needs_direct_gemm()
     _check_output_fused(gpubp.get_backend("cupy"), monkeypatch, output, loss)
+
+
+def _train_slabs(backend, monkeypatch, sizes, min_weights, slabs, optimizer, cuda_graphs):
+    """``sizes`` (40 inputs) for 3 epochs of 7 batches, L2 0.05, layers of at least
+    ``min_weights`` weights updated beside the backward pass, the first layer's
+    gradient in ``slabs`` slabs, the other settings off. Returns the parameters,
+    the history, the trainer and the ranges of each update launched, in order."""
+    rng = np.random.default_rng(7)
+    X, y = rng.normal(size=(100, sizes[0])).astype(np.float32), rng.integers(0, 4, size=100)
+    monkeypatch.setattr(type(backend), "_OVERLAP_MIN_WEIGHTS", min_weights)
+    _knobs_off(backend, monkeypatch, _FIRST_SLABS=slabs)
+    model = gpubp.MLP(sizes, activation="tanh", backend=backend, seed=2)
+    opt = (gpubp.optim.AdamW(1e-2, eps=1e-6) if optimizer == "adamw"
+           else gpubp.optim.SGD(0.05, momentum=0.9, nesterov=True))
+    updates, real_update = [], opt._update
+    monkeypatch.setattr(opt, "_update", lambda model, ranges: (updates.append(list(ranges)),
+                                                               real_update(model, ranges))[1])
+    trainer = gpubp.Trainer(model, optimizer=opt, batch_size=16, l2=0.05, seed=3,
+                            cuda_graphs=cuda_graphs)
+    history = trainer.fit(X, y, epochs=3)
+    monkeypatch.undo()
+    return backend.to_numpy(model.params), history, trainer, updates
+
+
+@pytest.mark.parametrize("sizes,min_weights", [([40, 70, 70, 4], 200), ([40, 70, 4], 2000)])
+def test_first_layer_in_slabs_changes_no_bit(monkeypatch, sizes, min_weights):
+    """_FIRST_SLABS: the first layer's weight gradient made in 2 or 4 slabs of
+    rows (edges multiples of 4: 0, 20, 40 and 0, 8, 20, 28, 40), each slab but
+    the last updated as soon as it is final, beside the product for the next;
+    also where no other layer is large enough to be updated beside ([40, 70, 4]).
+    Each step updates every parameter once. Eager and graph-replayed, the
+    parameters end bit for bit where one product leaves them: the stand-in for
+    cuBLAS computes each element alike however the rows are cut (a GPU's cuBLAS
+    may pick other kernels for the narrower products: within rounding there)."""
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend(sms=3)
+    assert backend.first_layer_slabs([4096, 4096, 4096, 4096]) == 1         # main: one product
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    early = len(sizes) - 2 if min_weights == 200 else 0     # layers updated beside: 1 and 2
+    with backend.capturable():                      # every product through gpubp.cublas
+        whole, h_whole, _, updates = _train_slabs(backend, monkeypatch, sizes, min_weights, 1,
+                                                  "adamw", False)
+    assert len(updates) == 21 * (early + 1)
+    for slabs, edges in ((2, [0, 20, 40]), (4, [0, 8, 20, 28, 40])):
+        for graphs in (False, True):
+            with backend.capturable():
+                params, history, trainer, updates = _train_slabs(backend, monkeypatch, sizes,
+                                                                 min_weights, slabs, "adamw", graphs)
+            assert trainer.graphs_off_reason is None
+            np.testing.assert_array_equal(params, whole)
+            np.testing.assert_allclose(history["loss"], h_whole["loss"], rtol=1e-12)
+            if graphs:                              # launched at capture only: not per step
+                continue
+            per_step = early + slabs        # layers 1 and 2, the slabs but the last, the rest
+            assert len(updates) == 21 * per_step
+            for at in range(0, len(updates), per_step):
+                step = updates[at:at + per_step]
+                slab_calls = step[early:-1]
+                assert slab_calls == [[(edges[i] * sizes[1], edges[i + 1] * sizes[1])]
+                                      for i in range(slabs - 1)]
+                covered = sorted(r for ranges in step for r in ranges)
+                assert covered[0][0] == 0 and covered[-1][1] == n_params
+                assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))   # once each

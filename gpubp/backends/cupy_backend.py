@@ -469,6 +469,20 @@ class CupyBackend:
         """The layers, past the first, with at least _OVERLAP_MIN_WEIGHTS weights."""
         return [layer for layer in self._large_layers(layer_sizes) if layer > 0]
 
+    # The first layer's weight gradient made in this many slabs of rows (1: one
+    # product), each slab's update beside the product for the next (MLP._backprop).
+    # The first layer's gradient is the last to be final, so its update otherwise
+    # runs after the backward pass with nothing beside it: large TF32's step spent
+    # 166 µs so on an H100 (h100-profile-2026-11-26-c.txt). Predicted for large
+    # TF32, 2 and 4 slabs: about -50 and -80 µs, less what narrower products and
+    # Adam beside them cost; for float32 the same at most. Off until measured.
+    _FIRST_SLABS = 1
+
+    def first_layer_slabs(self, layer_sizes):
+        """The slabs of rows the first layer's weight gradient is made in:
+        _FIRST_SLABS where that layer has at least _OVERLAP_MIN_WEIGHTS weights, else 1."""
+        return self._FIRST_SLABS if 0 in self._large_layers(layer_sizes) else 1
+
     # The per-element work of the backward pass beside its GEMMs (off: on an H100
     # the TF32 step took 1.015 to 1.186 of main's with it, in every combination
     # tried; benchmarks/NOTES.md, "The eleventh session"). For each layer in

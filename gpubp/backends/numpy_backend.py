@@ -432,6 +432,11 @@ class NumpyBackend:
         pass: none on the CPU (one stream of work)."""
         return []
 
+    def first_layer_slabs(self, layer_sizes):
+        """The slabs of rows MLP._backprop makes the first layer's weight
+        gradient in: one on the CPU (nothing runs beside it)."""
+        return 1
+
     def backward_beside(self, layer_sizes):
         """The layers whose per-element backward work MLP._backprop runs beside
         their GEMMs: none on the CPU."""
