@@ -6,15 +6,17 @@ knob_sweep.py, choose_settings.py and with_settings.py.
     _BESIDE_SMS          SMs the GEMMs leave to the work beside the backward pass
     _BACKWARD_BESIDE     1: the backward pass's per-element work beside its GEMMs
     _STEP_PRIORITY       1: the step's kernels first, kept in the graph
+    _OUTPUT_FUSED        1: the output layer's bias, loss, delta and bias sums in one pass
     _BG_BLOCK_ROWS       rows per block row of the packed column sums
     _OVERLAP_MIN_WEIGHTS weights from which a layer's update runs beside the backward pass
+    _FIRST_SLABS         slabs of rows the first layer's weight gradient is made in
 """
 
 from __future__ import annotations
 
 PRECISIONS = ("float32", "tf32", "bf16")
-FLAGS = ("_BACKWARD_BESIDE", "_STEP_PRIORITY")
-COUNTS = ("_BG_BLOCK_ROWS", "_OVERLAP_MIN_WEIGHTS")
+FLAGS = ("_BACKWARD_BESIDE", "_STEP_PRIORITY", "_OUTPUT_FUSED")
+COUNTS = ("_BG_BLOCK_ROWS", "_OVERLAP_MIN_WEIGHTS", "_FIRST_SLABS")
 NAMES = ("_BESIDE_SMS",) + FLAGS + COUNTS
 
 

@@ -7,18 +7,20 @@ them the floor (the step's GEMMs alone on random operands, the suite's
 `floor-cupy`). Each round times every subject once, in turn (in an order
 shuffled round by round), so that clocks drift alike; medians of CUDA events over the
 rounds, each step over the floor, and how many rounds each variant beat main's
-in (paired: the same round). The settings:
+in (paired: the same round). The settings (main's are CupyBackend's own):
 
   _BESIDE_SMS       SMs the GEMMs leave to the work beside the backward pass,
-                    for --precision (0: every SM, as in main)
+                    for --precision (0: every SM)
   _BACKWARD_BESIDE  1: the backward pass's per-element work beside its GEMMs
-                    (0 in main)
   _STEP_PRIORITY    1: the step's kernels at the highest priority, the work
-                    beside them at the lowest, kept in the graph (0 in main)
-  _BG_BLOCK_ROWS    rows per block row of the packed column sums (256 in main)
+                    beside them at the lowest, kept in the graph
+  _OUTPUT_FUSED     1: the output layer's bias, loss, delta and bias sums in one pass
+  _BG_BLOCK_ROWS    rows per block row of the packed column sums
+  _FIRST_SLABS      slabs of rows the first layer's weight gradient is made in,
+                    each slab's update beside the product for the next
 
     PYTHONPATH=$PWD python3 benchmarks/knob_sweep.py --config large --precision tf32 \\
-        --variant "" --variant _BESIDE_SMS=16 --variant _BESIDE_SMS=16,_BACKWARD_BESIDE=1
+        --variant "" --variant _OUTPUT_FUSED=1 --variant _FIRST_SLABS=4
 
 choose_settings.py calls sweep() itself.
 """

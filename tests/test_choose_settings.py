@@ -92,62 +92,43 @@ def test_a_variant_beats_main_by_its_median_and_most_rounds(tools, rng):
     _, cs, _ = tools
     t = _times(rng, {"main": 4000, "a": 3900, "b": 3980, "floor": 3600})
     assert cs.beats(t, "a") and not cs.beats(t, "b")                   # 2.5% and 0.5% faster
-    assert cs.best(t, ["a", "b"]) == "a" and cs.best(t, ["b"]) is None
+    assert cs.candidates(t) == ["a"]
     # a lower median from a few rounds alone does not beat
     t = {"main": [100.0] * 20, "c": [90.0] * 10 + [101.0] * 10}
     assert statistics.median(t["c"]) < 0.99 * 100 and not cs.beats(t, "c")
 
 
-def test_tf32_winner_and_the_flags_float32_pays_for(tools, rng):
+def test_candidates_and_the_winner_float32_pays_little_for(tools, rng):
     knobs, cs, _ = tools
-    variants = {(v or "main"): knobs.parse(v, "tf32") for v in cs.TF32_VARIANTS}
-    medians = {name: 4200 for name in variants}
-    medians.update({"_BESIDE_SMS=8": 4100, "_BESIDE_SMS=16": 4080,
-                    "_BESIDE_SMS=16,_BACKWARD_BESIDE=1": 3950,
-                    "_BESIDE_SMS=16,_BACKWARD_BESIDE=1,_STEP_PRIORITY=1": 3900, "floor": 3650})
+    medians = {(v or "main"): 4200 for v in cs.TF32_VARIANTS}
+    medians.update({"_OUTPUT_FUSED=1": 4130, "_FIRST_SLABS=4": 4150,
+                    "_OUTPUT_FUSED=1,_FIRST_SLABS=4": 4080, "_FIRST_SLABS=2": 4190, "floor": 3650})
     tf32 = _times(rng, medians)
-    assert cs.decide_tf32(tf32, variants) == "_BESIDE_SMS=16,_BACKWARD_BESIDE=1,_STEP_PRIORITY=1"
-    winner = cs.decide_tf32(tf32, variants, allow_priority=False)
-    assert winner == "_BESIDE_SMS=16,_BACKWARD_BESIDE=1"
-
-    f32_variants = cs.float32_variants(cs.flags(variants[winner]))
-    assert set(f32_variants) == {"main", "_BESIDE_SMS=4", "_BESIDE_SMS=16", "_BACKWARD_BESIDE=1",
-                                 "_BESIDE_SMS=4,_BACKWARD_BESIDE=1"}
-    # float32 pays 0.5% for the flag: kept, with the better of its two
-    f32 = _times(rng, {"main": 22000, "_BESIDE_SMS=4": 22500, "_BESIDE_SMS=16": 23000,
-                       "_BACKWARD_BESIDE=1": 22110, "_BESIDE_SMS=4,_BACKWARD_BESIDE=1": 22600,
-                       "floor": 21400})
-    chosen, f32_choice, notes = cs.decide_flags_and_float32(tf32, variants, winner, f32, f32_variants)
-    assert (chosen, f32_choice) == (winner, "_BACKWARD_BESIDE=1") and "kept" in notes[0]
-    assert cs.chosen_settings(variants, chosen, f32_variants, f32_choice) == {
-        "_BESIDE_SMS": {"tf32": 16}, "_BACKWARD_BESIDE": True}
-    # float32 pays 3%: TF32 is chosen again among the variants without flags
-    f32["_BACKWARD_BESIDE=1"] = [x * 1.03 for x in f32["main"]]
-    chosen, f32_choice, notes = cs.decide_flags_and_float32(tf32, variants, winner, f32, f32_variants)
-    assert (chosen, f32_choice) == ("_BESIDE_SMS=16", "main") and "chosen again" in notes[0]
-    assert cs.chosen_settings(variants, chosen, f32_variants, f32_choice) == {
-        "_BESIDE_SMS": {"tf32": 16}}
-    # no variant beats main's: main's, and float32 keeps every SM unless fewer win
-    flat = _times(rng, {name: 4200 for name in variants} | {"floor": 3650})
-    assert cs.decide_tf32(flat, variants) == "main"
-    f32 = _times(rng, {"main": 22000, "_BESIDE_SMS=4": 21500, "_BESIDE_SMS=16": 22000, "floor": 21400})
-    assert cs.decide_flags_and_float32(flat, variants, "main", f32, cs.float32_variants({})) == (
-        "main", "_BESIDE_SMS=4", [])
-
-
-def test_priority_and_block_rows_rules(tools, rng):
-    _, cs, _ = tools
-    small = _times(rng, {"main": 95, "_STEP_PRIORITY=1": 95.2, "floor": 40})
-    assert cs.priority_allowed(small)
-    small["_STEP_PRIORITY=1"] = [x * 1.05 for x in small["main"]]
-    assert not cs.priority_allowed(small)
-    small = _times(rng, {"rows256": 95, "rows32": 86, "floor": 40}, rounds=50)
-    large = _times(rng, {"rows256": 4000, "rows32": 4004, "floor": 3650})     # 0.1%: within 0.5%
-    assert cs.decide_block_rows(small, large)[0]
-    large["rows32"] = [x * 1.01 for x in large["rows256"]]
-    assert not cs.decide_block_rows(small, large)[0]
-    small["rows32"] = small["rows256"]
-    assert not cs.decide_block_rows(small, large)[0]
+    # 1.7%, 1.2% and 2.9% faster; 0.2% is not enough
+    assert cs.candidates(tf32) == ["_OUTPUT_FUSED=1,_FIRST_SLABS=4", "_OUTPUT_FUSED=1",
+                                   "_FIRST_SLABS=4"]
+    names = cs.candidates(tf32)
+    # float32 pays 3% for the fastest (its slabs), 0.1% for the next: the next is chosen
+    f32 = _times(rng, {"main": 22000, "_OUTPUT_FUSED=1,_FIRST_SLABS=4": 22660,
+                       "_OUTPUT_FUSED=1": 21980, "_FIRST_SLABS=4": 22700, "floor": 21400})
+    winner, notes = cs.decide(tf32, f32, names)
+    assert winner == "_OUTPUT_FUSED=1"
+    assert "passed over" in notes[0] and "chosen" in notes[1] and len(notes) == 2
+    # a candidate whose float32 step failed (left out of that sweep) is passed over too
+    del f32["_OUTPUT_FUSED=1,_FIRST_SLABS=4"]
+    assert cs.decide(tf32, f32, names)[0] == "_OUTPUT_FUSED=1"
+    # float32 pays for every candidate, or there is none: main's
+    for name in names:
+        f32[name] = [x * 1.02 for x in f32["main"]]
+    assert cs.decide(tf32, f32, names) == ("main", [f"{n}: float32 1.020 of main's (over 1.01): "
+                                                    "passed over" for n in names])
+    assert cs.decide(tf32, {}, []) == ("main", [])
+    flat = _times(rng, {(v or "main"): 4200 for v in cs.TF32_VARIANTS} | {"floor": 3650})
+    assert cs.candidates(flat) == []
+    # every variant's text reads back, none names a per-precision setting
+    for v in cs.TF32_VARIANTS:
+        settings = knobs.parse(v, "tf32")
+        assert knobs.format(settings) == v and "_BESIDE_SMS" not in settings
 
 
 # -- the whole choice on the emulated backend -------------------------------------
@@ -167,7 +148,7 @@ def emulated_choice(tools, monkeypatch, tmp_path):
     monkeypatch.setattr(timing, "CupyEvents", timing.HostClock)
     out, runs = tmp_path / "settings.txt", tmp_path / "runs.json"
     monkeypatch.setattr(sys, "argv", ["choose_settings.py", "--out", str(out), "--json", str(runs),
-                                      "--large", "tiny", "--small", "tiny", "--repeat", "4"])
+                                      "--large", "tiny", "--repeat", "4"])
     return backend, out, runs
 
 
@@ -180,14 +161,13 @@ def test_the_whole_choice_runs_on_the_emulated_backend(tools, emulated_choice, c
     before = {name: getattr(type(backend), name) for name in knobs.NAMES}
     assert cs.main() == 0
     printed = capsys.readouterr().out
-    for line in ("small-priority: tiny", "large-tf32: tiny, tf32", "TF32 winner: ",
-                 "large-float32: tiny, float32", "_BG_BLOCK_ROWS: ", "chosen settings: "):
+    for line in ("large-tf32: tiny, tf32", "beat main's in TF32: ", "chosen settings: "):
         assert line in printed
     settings = knobs.parse(out.read_text())
     assert set(settings) <= set(knobs.NAMES)
     saved = json.loads(runs.read_text())
-    assert set(saved) == {"small-priority", "large-tf32", "large-float32", "small-block-rows",
-                          "large-tf32-block-rows"}
+    assert set(saved) in ({"large-tf32"}, {"large-tf32", "large-float32"})
+    assert ("large-float32" in saved) == ("beat main's in TF32: none" not in printed)
     assert set(saved["large-tf32"]) == {v or "main" for v in cs.TF32_VARIANTS} | {"floor"}
     assert all(len(t) == 4 and min(t) > 0 for t in saved["large-tf32"].values())
     assert {name: getattr(type(backend), name) for name in knobs.NAMES} == before
@@ -228,13 +208,15 @@ def test_knob_sweep_reports_paired_wins(tools):
 def test_a_variant_whose_step_fails_is_left_out_and_never_chosen(tools, monkeypatch, capsys, rng):
     """On the emulated backend: a variant whose graph step cannot be made
     (here: whatever asks for _STEP_PRIORITY) is left out of the sweep with its
-    error printed; the rules then treat it as beating nothing."""
+    error printed; the rules then treat it as beating nothing (and decide()
+    passes over a candidate left out of the float32 sweep:
+    test_candidates_and_the_winner_float32_pays_little_for)."""
     from _cuda_emulator import emulated_backend
 
     from gpubp.bench import timing, workloads
     from gpubp.bench.configs import CONFIGS
 
-    knobs, cs, ks = tools
+    _, cs, ks = tools
     backend = emulated_backend(sms=8)
     monkeypatch.setattr(type(backend), "_STEP_PRIORITY", False)      # main's without the flag
     monkeypatch.setattr(timing, "CupyEvents", timing.HostClock)
@@ -253,19 +235,7 @@ def test_a_variant_whose_step_fails_is_left_out_and_never_chosen(tools, monkeypa
     assert "_STEP_PRIORITY=1: left out, its step failed: RuntimeError: no node priorities here" \
         in capsys.readouterr().out
     assert type(backend)._STEP_PRIORITY is False
-    assert not cs.priority_allowed(times) and not cs.beats(times, "_STEP_PRIORITY=1")
-
-    # a flag TF32 wants whose float32 steps both failed is not kept
-    tf32_variants = {(v or "main"): knobs.parse(v, "tf32") for v in cs.TF32_VARIANTS}
-    tf32 = _times(rng, {name: 4200 for name in tf32_variants} | {
-        "_BESIDE_SMS=16": 4100, "_BESIDE_SMS=16,_BACKWARD_BESIDE=1": 4000, "floor": 3650})
-    winner = cs.decide_tf32(tf32, tf32_variants)
-    assert winner == "_BESIDE_SMS=16,_BACKWARD_BESIDE=1"
-    f32_variants = cs.float32_variants(cs.flags(tf32_variants[winner]))
-    f32 = _times(rng, {"main": 22000, "_BESIDE_SMS=4": 22100, "_BESIDE_SMS=16": 22300, "floor": 21400})
-    chosen, f32_choice, notes = cs.decide_flags_and_float32(tf32, tf32_variants, winner, f32, f32_variants)
-    assert (chosen, f32_choice) == ("_BESIDE_SMS=16", "main") and "inf of main's" in notes[0]
-    assert not cs.decide_block_rows({"rows256": [1.0] * 4}, {"rows256": [1.0] * 4})[0]
+    assert not cs.beats(times, "_STEP_PRIORITY=1") and "_STEP_PRIORITY=1" not in cs.candidates(times)
 
 
 def test_each_round_has_its_own_order_and_times_a_step_after_an_untimed_one(
@@ -307,7 +277,7 @@ def test_each_round_has_its_own_order_and_times_a_step_after_an_untimed_one(
 
     class Backend:
         _BESIDE_SMS, _BACKWARD_BESIDE, _STEP_PRIORITY, _BG_BLOCK_ROWS = {}, False, False, 256
-        _OVERLAP_MIN_WEIGHTS = 1 << 22
+        _OVERLAP_MIN_WEIGHTS, _OUTPUT_FUSED, _FIRST_SLABS = 1 << 22, False, 1
 
         def synchronize_device(self):
             pass
@@ -331,25 +301,32 @@ def test_each_round_has_its_own_order_and_times_a_step_after_an_untimed_one(
     assert after_floor == {"main", "main-rows32"} and len({tuple(o) for o in orders}) > 2
 
 
-def test_a_choice_cut_short_in_its_last_step_keeps_the_earlier_decisions(tools, emulated_choice,
-                                                                          monkeypatch):
-    """choose_settings.py writes steps 0-2's settings before step 3 runs: a run cut short
-    there (here: its sweep raises) leaves them, and the times measured so far, behind."""
+def test_the_choice_writes_the_winner_after_its_float32_sweep(tools, emulated_choice, monkeypatch,
+                                                             capsys):
+    """Where variants beat main's in TF32 (here: made to), their float32 steps are
+    timed against main's and the winner's settings written; a run cut short in
+    that sweep leaves main's settings, and the TF32 times, behind."""
     knobs, cs, ks = tools
     _, out, runs = emulated_choice
-    monkeypatch.setattr(cs, "decide_tf32", lambda *a, **k: "_BESIDE_SMS=16,_BACKWARD_BESIDE=1")
-    monkeypatch.setattr(cs, "decide_flags_and_float32",
-                        lambda tf32, variants, winner, *a: (winner, "_BESIDE_SMS=4", []))
+    monkeypatch.setattr(cs, "candidates", lambda tf32: ["_OUTPUT_FUSED=1,_FIRST_SLABS=4",
+                                                        "_FIRST_SLABS=2"])
+    monkeypatch.setattr(cs, "FLAG_COST", float("inf"))       # whatever the emulator's times
+    assert cs.main() == 0
+    assert knobs.parse(out.read_text()) == {"_OUTPUT_FUSED": True, "_FIRST_SLABS": 4}
+    saved = json.loads(runs.read_text())
+    assert set(saved["large-float32"]) == {"main", "_OUTPUT_FUSED=1,_FIRST_SLABS=4",
+                                           "_FIRST_SLABS=2", "floor"}
+    assert "_OUTPUT_FUSED=1,_FIRST_SLABS=4: TF32 " in capsys.readouterr().out
+
     real = ks.sweep
 
     def sweep(backend, config, precision, variants, *args, **kwargs):
-        if "rows32" in variants:
+        if precision == "float32":
             raise KeyboardInterrupt("the time limit")
         return real(backend, config, precision, variants, *args, **kwargs)
 
     monkeypatch.setattr(ks, "sweep", sweep)
     with pytest.raises(KeyboardInterrupt):
         cs.main()
-    assert knobs.parse(out.read_text()) == {"_BESIDE_SMS": {"tf32": 16, "float32": 4},
-                                            "_BACKWARD_BESIDE": True}
-    assert set(json.loads(runs.read_text())) == {"small-priority", "large-tf32", "large-float32"}
+    assert out.read_text() == ""
+    assert set(json.loads(runs.read_text())) == {"large-tf32"}
