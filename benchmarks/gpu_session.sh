@@ -3,7 +3,7 @@
 # session"): a machine stays warm 30 s after a call, too little to read one call's results
 # and start the next, and each start costs device time. So, in one command:
 #   run: bash benchmarks/gpu_session.sh     (timeout_s 600; kind nvidia-h100-x1; at most 575 s)
-# 1. choose_settings.py chooses CupyBackend's settings for the work beside the GEMMs by its
+# 1. choose_settings.py chooses CupyBackend's settings under trial (large's step) by its
 #    fixed rules (at most 200 s);
 # 2. readme_table.sh runs the GPU tests and the README's runs under them (falling back to
 #    main's settings where a test fails under them and passes under main's);
