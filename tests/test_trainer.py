@@ -1010,6 +1010,27 @@ def test_output_layer_in_one_pass_changes_no_bit(monkeypatch, output, loss):
     backend = emulated_backend(sms=7)
     assert not backend.fuses_output("mse_identity", np.zeros((16, 132), np.float32))   # main: off
     _check_output_fused(backend, monkeypatch, output, loss)
+    # loss_and_grads: the batch's own targets (not read through an order), the same bits
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(45, 6)).astype(np.float32)
+    Y = rng.uniform(size=(45, 132)).astype(np.float32)
+    results = []
+    for fused in (False, True):
+        _knobs_off(backend, monkeypatch, _OUTPUT_FUSED=fused)
+        model = gpubp.MLP([6, 40, 132], activation="tanh", output=output, backend=backend, seed=2)
+        one_pass = []
+        real = backend.loss_bias_grad
+        monkeypatch.setattr(backend, "loss_bias_grad",
+                            lambda *a, **k: (one_pass.append(k["rows"]), real(*a, **k))[1])
+        with backend.capturable():
+            results.append(model.loss_and_grads(X, Y, loss=loss, l2=0.1))
+        assert one_pass == ([None] if fused else [])
+        monkeypatch.undo()
+    (loss_apart, grads_apart), (loss_fused, grads_fused) = results
+    assert np.isclose(loss_fused, loss_apart, rtol=1e-12, atol=0)
+    for (w1, b1), (w2, b2) in zip(grads_apart, grads_fused):
+        np.testing.assert_array_equal(w2, w1)
+        np.testing.assert_array_equal(b2, b1)
 
 
 @requires_cupy
