@@ -59,7 +59,10 @@ def beats(times, name, ref="main"):
 
 
 def candidates(tf32):
-    """The variants that beat main's in TF32, fastest first."""
+    """The variants that beat main's in TF32, fastest first (none where main's
+    own step was left out of the sweep)."""
+    if "main" not in tf32:
+        return []
     names = [name for name in tf32 if name not in ("main", "floor") and beats(tf32, name)]
     return sorted(names, key=lambda name: median(tf32, name))
 
@@ -69,7 +72,8 @@ def decide(tf32, f32, names):
     whose float32 step is at most FLAG_COST of main's; "main" if none is."""
     notes = []
     for name in names:
-        cost = median(f32, name) / median(f32, "main") if name in f32 else float("inf")
+        cost = (median(f32, name) / median(f32, "main") if {name, "main"} <= set(f32)
+                else float("inf"))
         if cost <= FLAG_COST:
             notes.append(f"{name}: TF32 {median(tf32, name) / median(tf32, 'main'):.3f} of main's, "
                          f"float32 {cost:.3f} (at most {FLAG_COST}): chosen")

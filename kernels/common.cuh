@@ -24,6 +24,12 @@ __device__ __forceinline__ double gpubp_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float gpubp_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double gpubp_sqrt(double x) { return sqrt(x); }
 
+// a + b rounded on its own: never contracted with a product before it into one
+// fused multiply-add, as ptxas may do with a plain +. For sums that must give
+// the bits of another kernel's, which adds the same values loaded from memory.
+__device__ __forceinline__ float gpubp_add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double gpubp_add_rn(double a, double b) { return __dadd_rn(a, b); }
+
 // Sigmoid that never overflows: exp() only ever sees a non-positive argument.
 template <typename T>
 __device__ __forceinline__ T gpubp_sigmoid(T z) {

@@ -131,10 +131,12 @@ __global__ void pointwise_loss_bias_grad(const T* __restrict__ z, const T* __res
                 for (int k = 0; k < P; ++k) z1.v[k] = pointwise_element<T, LOSS>(z1.v[k] + bj.v[k], y1.v[k], scale, acc);
                 gpubp_store_pack(delta + at1, z1);
             }
+            // delta is a product (scale * ...): a plain += could become an FMA with it,
+            // and the sums would then differ from bias_grad_packed's over the stored delta
 #pragma unroll
             for (int k = 0; k < P; ++k) {
-                s0.v[k] += z0.v[k];
-                if (second) s1.v[k] += z1.v[k];
+                s0.v[k] = gpubp_add_rn(s0.v[k], z0.v[k]);
+                if (second) s1.v[k] = gpubp_add_rn(s1.v[k], z1.v[k]);
             }
         }
     }

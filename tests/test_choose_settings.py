@@ -123,6 +123,10 @@ def test_candidates_and_the_winner_float32_pays_little_for(tools, rng):
     assert cs.decide(tf32, f32, names) == ("main", [f"{n}: float32 1.020 of main's (over 1.01): "
                                                     "passed over" for n in names])
     assert cs.decide(tf32, {}, []) == ("main", [])
+    # main's own step left out of a sweep (it failed): nothing beats it, nothing is chosen
+    assert cs.candidates({k: v for k, v in tf32.items() if k != "main"}) == []
+    no_main = {k: v for k, v in f32.items() if k != "main"}
+    assert cs.decide(tf32, no_main, names)[0] == "main"
     flat = _times(rng, {(v or "main"): 4200 for v in cs.TF32_VARIANTS} | {"floor": 3650})
     assert cs.candidates(flat) == []
     # every variant's text reads back, none names a per-precision setting

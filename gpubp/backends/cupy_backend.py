@@ -476,12 +476,19 @@ class CupyBackend:
     # 166 µs so on an H100 (h100-profile-2026-11-26-c.txt). Predicted for large
     # TF32, 2 and 4 slabs: about -50 and -80 µs, less what narrower products and
     # Adam beside them cost; for float32 the same at most. Off until measured.
+    # On a GPU cuBLAS may choose other kernels for the narrower products, so dW0 agrees
+    # with one product's within its rounding, not bit for bit. Not for bf16, whose
+    # products round the error matrix again for each slab (benchmarks time float32 and
+    # TF32 only); eager float32 products (cupy.matmul) may copy each slab's columns.
     _FIRST_SLABS = 1
 
-    def first_layer_slabs(self, layer_sizes):
+    def first_layer_slabs(self, layer_sizes, precision="float32"):
         """The slabs of rows the first layer's weight gradient is made in:
-        _FIRST_SLABS where that layer has at least _OVERLAP_MIN_WEIGHTS weights, else 1."""
-        return self._FIRST_SLABS if 0 in self._large_layers(layer_sizes) else 1
+        _FIRST_SLABS where that layer has at least _OVERLAP_MIN_WEIGHTS weights
+        and the products are not bf16's, else 1."""
+        if precision == "bf16" or 0 not in self._large_layers(layer_sizes):
+            return 1
+        return self._FIRST_SLABS
 
     # The per-element work of the backward pass beside its GEMMs (off: on an H100
     # the TF32 step took 1.015 to 1.186 of main's with it, in every combination

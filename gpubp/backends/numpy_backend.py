@@ -432,7 +432,7 @@ class NumpyBackend:
         pass: none on the CPU (one stream of work)."""
         return []
 
-    def first_layer_slabs(self, layer_sizes):
+    def first_layer_slabs(self, layer_sizes, precision="float32"):
         """The slabs of rows MLP._backprop makes the first layer's weight
         gradient in: one on the CPU (nothing runs beside it)."""
         return 1

@@ -125,6 +125,11 @@ T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
     return emu_shuffle(mask, v, src < 32 ? src : emu_lane);
 }
 
+// CUDA's adds rounded on their own, never contracted into a multiply-add: the host's
+// plain adds (x86-64's baseline has no FMA for the compiler to contract into).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+
 inline double atomicAdd(double* address, double v) {
     const double old = *address;                       // one fiber runs at a time
     *address = old + v;
