@@ -13,6 +13,9 @@ off in main, both for large TF32's remaining gap:
                  at least _OVERLAP_MIN_WEIGHTS weights)
 
 Of the suite's configs only large has such layers, so only large's steps are timed.
+Also timed once more: _BACKWARD_BESIDE (the backward pass's per-element work beside its
+products), which lost in every combination the eleventh session tried, but each of
+those also made the GEMMs for fewer SMs; with _STEP_PRIORITY alone it was not tried.
 
 1. large, TF32: main's graph step against each of TF32_VARIANTS (knob_sweep.sweep,
    interleaved rounds). The candidates: the variants that beat main's (``beats``).
@@ -38,7 +41,8 @@ import _knobs
 import knob_sweep
 
 TF32_VARIANTS = ["", "_OUTPUT_FUSED=1", "_FIRST_SLABS=2", "_FIRST_SLABS=4",
-                 "_OUTPUT_FUSED=1,_FIRST_SLABS=2", "_OUTPUT_FUSED=1,_FIRST_SLABS=4"]
+                 "_OUTPUT_FUSED=1,_FIRST_SLABS=2", "_OUTPUT_FUSED=1,_FIRST_SLABS=4",
+                 "_BACKWARD_BESIDE=1"]
 FAST, SHARE = 0.99, 0.75          # beats: median at most 0.99 of the other's, faster in 3/4 of rounds
 FLAG_COST = 1.01                  # float32 large at most 1% slower with TF32's candidate
 

@@ -133,6 +133,7 @@ def test_candidates_and_the_winner_float32_pays_little_for(tools, rng):
     for v in cs.TF32_VARIANTS:
         settings = knobs.parse(v, "tf32")
         assert knobs.format(settings) == v and "_BESIDE_SMS" not in settings
+        assert v == "" or "_STEP_PRIORITY" not in settings      # main's: on
 
 
 # -- the whole choice on the emulated backend -------------------------------------
