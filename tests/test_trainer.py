@@ -1138,3 +1138,15 @@ def test_first_layer_in_slabs_on_the_gpu(monkeypatch, precision, sizes):
                     == 21 * (slabs - 1)
             assert max_rel_error(params, whole) < tol
             np.testing.assert_allclose(history["loss"], h_whole["loss"], rtol=tol)
+
+
+def test_first_layer_slabs_only_for_a_large_first_layer_and_not_for_bf16(monkeypatch):
+    from _cuda_emulator import emulated_backend
+
+    backend = emulated_backend()
+    monkeypatch.setattr(type(backend), "_FIRST_SLABS", 4)
+    assert backend.first_layer_slabs([4096] * 4) == 4
+    assert backend.first_layer_slabs([4096] * 4, "tf32") == 4
+    assert backend.first_layer_slabs([4096] * 4, "bf16") == 1      # delta rounded again per slab
+    assert backend.first_layer_slabs([784, 256, 256, 10]) == 1     # 200704 weights: below 1 << 22
+    assert gpubp.get_backend("numpy").first_layer_slabs([4096] * 4) == 1
