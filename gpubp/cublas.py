@@ -100,10 +100,10 @@ class Gemm:
     """``gemm(a, b, out, transa=False, transb=False, precision="float32", sms=0)``
     writes ``op(a) @ op(b)`` into ``out`` on the current CuPy stream.
 
-    a, b and out are CuPy matrices of one dtype (float32, or float64
-    with precision "float32"), out C-contiguous, a and b C-contiguous or a
-    slice of a C-contiguous matrix's columns; "tf32" runs float32 products on the tensor cores
-    in TF32 with float32 accumulation. ``sms`` > 0 asks cuBLAS for a kernel
+    a, b and out are CuPy matrices of one dtype (float32, or float64 with
+    precision "float32"): out C-contiguous, a and b C-contiguous or a slice of
+    a C-contiguous matrix's columns. "tf32" runs float32 products on the
+    tensor cores in TF32 with float32 accumulation. ``sms`` > 0 asks cuBLAS for a kernel
     made for that many SMs (``cublasSetSmCountTarget``), leaving the others to
     work on another stream; 0 is every SM. ``lib`` is the cuBLAS library to call:
     libcublas as :func:`library` loads it, unless given (the tests give a

@@ -296,8 +296,9 @@ class MLP:
         ``first_layer_slabs`` > 1, each slab of the first layer's rows but the
         last beside the product for the next slab; the rest of the parameters
         after the backward pass. Each parameter gets the same update either
-        way (the same bits: a GPU's cuBLAS may round the slabs' products
-        otherwise than one product); the stream waits for both before the step ends.
+        way, the same bits (but a GPU's cuBLAS may round the slabs' products
+        otherwise than the whole one's); the stream waits for both before the
+        step ends.
         """
         early = set(self.backend.overlap_layers(self.layer_sizes))
         slabs = self.backend.first_layer_slabs(self.layer_sizes, self.precision)

@@ -474,8 +474,9 @@ class CupyBackend:
     # The first layer's gradient is the last to be final, so its update otherwise
     # runs after the backward pass with nothing beside it: large TF32's step spent
     # 166 µs so on an H100 (h100-profile-2026-11-26-c.txt). Predicted for large
-    # TF32, 2 and 4 slabs: about -50 and -80 µs, less what narrower products and
-    # Adam beside them cost; for float32 the same at most. Off until measured.
+    # TF32, 2 and 4 slabs: -20 to -60 and -30 to -85 µs, as much of Adam beside the
+    # products is hidden as was of the upper layers' (benchmarks/NOTES.md, "The
+    # twelfth session"); for float32 the same at most. Off until measured.
     # On a GPU cuBLAS may choose other kernels for the narrower products, so dW0 agrees
     # with one product's within its rounding, not bit for bit. Not for bf16, whose
     # products round the error matrix again for each slab (benchmarks time float32 and
