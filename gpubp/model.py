@@ -3,6 +3,7 @@ on the device through the backend's fused operations."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import numbers
 import os
@@ -490,7 +491,7 @@ def _slab_rows(n, slabs):
     be with every edge a multiple of 4 (16-byte aligned float32 operands); fewer
     where n is too small."""
     edges = sorted({0, n} | {n * j // slabs // 4 * 4 for j in range(1, slabs)})
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 def _gaps(ranges, n):

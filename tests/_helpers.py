@@ -112,3 +112,16 @@ def reference_backprop(params, activation, output, loss, X, Y, l2):
     J = J / m + l2 / (2 * m) * sum(np.sum(W * W) for W in Ws)
     grads = [((Delta_W[l] + l2 * Ws[l]) / m, Delta_b[l] / m) for l in range(L)]
     return J, grads
+
+
+def spy_kernels(monkeypatch, backend):
+    """The kernel expressions the CuPy backend (or its emulation) launches from
+    now on, in order: a list that grows as it launches them."""
+    launched, function = [], backend._kernels.function
+
+    def spied(name, expression):
+        launched.append(expression)
+        return function(name, expression)
+
+    monkeypatch.setattr(backend._kernels, "function", spied)
+    return launched

@@ -14,7 +14,7 @@ import pytest
 
 from _cuda_emulator import emulated_backend
 from _helpers import (ACTIVATIONS, BACKENDS, PAIRS, max_rel_error, random_targets, requires_cupy,
-                      sum_error)
+                      spy_kernels, sum_error)
 from gpubp import kernels
 from gpubp.backends import get_backend
 
@@ -291,18 +291,6 @@ def _loss_bias_grad_case(cpb, rng, dtype, kind, shape, gathered):
     return dev, dev_rows, host, rows, scale
 
 
-def _spy_kernels(monkeypatch, cpb):
-    """The kernel expressions ``cpb`` launches from now on, in order."""
-    launched, function = [], cpb._kernels.function
-
-    def spied(name, expression):
-        launched.append(expression)
-        return function(name, expression)
-
-    monkeypatch.setattr(cpb._kernels, "function", spied)
-    return launched
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["mse_identity", "mse_sigmoid", "bce_sigmoid"])
 @pytest.mark.parametrize("gathered", [False, True])
@@ -314,7 +302,7 @@ def test_loss_bias_grad(both, rng, monkeypatch, dtype, kind, gathered, shape, bl
     kernels in turn), against NumPy's definition: the three passes."""
     cpb, npb = both
     monkeypatch.setattr(cpb, "_BG_BLOCK_ROWS", block_rows)
-    launched = _spy_kernels(monkeypatch, cpb)
+    launched = spy_kernels(monkeypatch, cpb)
     dev, dev_rows, host, rows, scale = _loss_bias_grad_case(cpb, rng, dtype, kind, shape, gathered)
     cpb.loss_bias_grad(dev["z"], dev["b"], dev["y"], kind, dev["delta"], dev["loss"], scale,
                        dev["db"], rows=dev_rows)
@@ -338,7 +326,7 @@ def test_loss_bias_grad_is_the_three_kernels_bit_for_bit(both, rng, monkeypatch,
     and db alike; the loss, whose blocks add up in another order, within 1e-12."""
     cpb, _ = both
     monkeypatch.setattr(cpb, "_BG_BLOCK_ROWS", block_rows)
-    launched = _spy_kernels(monkeypatch, cpb)
+    launched = spy_kernels(monkeypatch, cpb)
     seed = int(rng.integers(2**32))
     one, one_rows, _, _, scale = _loss_bias_grad_case(cpb, np.random.default_rng(seed), dtype, kind,
                                                       (301, 132), gathered)
@@ -346,9 +334,9 @@ def test_loss_bias_grad_is_the_three_kernels_bit_for_bit(both, rng, monkeypatch,
                                                       (301, 132), gathered)
     cpb.loss_bias_grad(one["z"], one["b"], one["y"], kind, one["delta"], one["loss"], scale,
                        one["db"], rows=one_rows)
-    assert launched[-2:] == [
-        f"pointwise_loss_bias_grad<{cpb._t(dtype)}, {cpb._POINTWISE[kind]}, "
-        f"{'true' if gathered else 'false'}>", f"bias_grad_finish<{cpb._t(dtype)}>"], launched
+    one_pass = (f"pointwise_loss_bias_grad<{cpb._t(dtype)}, {cpb._POINTWISE[kind]}, "
+                f"{'true' if gathered else 'false'}>")
+    assert launched[-2:] == [one_pass, f"bias_grad_finish<{cpb._t(dtype)}>"], launched
     cpb.bias_activation(three["z"], three["b"], "identity")
     cpb.pointwise_loss(three["z"], three["y"], kind, three["delta"], three["loss"], scale,
                        rows=three_rows)

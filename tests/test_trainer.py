@@ -1,12 +1,13 @@
 """The trainer against a plain loop of loss_and_grads and hand-made updates."""
 
 import functools
+import itertools
 
 import numpy as np
 import pytest
 
 import gpubp
-from _helpers import max_rel_error, requires_cupy
+from _helpers import max_rel_error, requires_cupy, spy_kernels
 from gpubp.trainer import epoch_permutation
 
 
@@ -970,15 +971,13 @@ def _train_output(backend, monkeypatch, fused, cuda_graphs, output, loss, rng_se
     Y = (rng.uniform(size=(100, 132)) if output == "sigmoid"
          else rng.normal(size=(100, 132))).astype(np.float32)
     _knobs_off(backend, monkeypatch, _OUTPUT_FUSED=fused)
-    one_pass, function = [], backend._kernels.function       # launches of the one-pass kernel
-    monkeypatch.setattr(backend._kernels, "function", lambda name, expression: (
-        expression.startswith("pointwise_loss_bias_grad") and one_pass.append(expression),
-        function(name, expression))[1])
+    launched = spy_kernels(monkeypatch, backend)
     model = gpubp.MLP([6, 40, 132], activation="tanh", output=output, backend=backend, seed=2)
     trainer = gpubp.Trainer(model, loss=loss, optimizer=gpubp.optim.AdamW(1e-2, eps=1e-6),
                             batch_size=16, l2=0.05, seed=3, cuda_graphs=cuda_graphs)
     history = trainer.fit(X, Y, epochs=3, validation_data=(X[:30], Y[:30]))
     monkeypatch.undo()
+    one_pass = [e for e in launched if e.startswith("pointwise_loss_bias_grad")]
     return backend.to_numpy(model.params), history, trainer, len(one_pass)
 
 
@@ -1021,12 +1020,10 @@ def test_output_layer_in_one_pass_changes_no_bit_emulated(monkeypatch, output, l
     for fused in (False, True):
         _knobs_off(backend, monkeypatch, _OUTPUT_FUSED=fused)
         model = gpubp.MLP([6, 40, 132], activation="tanh", output=output, backend=backend, seed=2)
-        one_pass, function = [], backend._kernels.function
-        monkeypatch.setattr(backend._kernels, "function", lambda name, expression: (
-            expression.startswith("pointwise_loss_bias_grad") and one_pass.append(expression),
-            function(name, expression))[1])
+        launched = spy_kernels(monkeypatch, backend)
         with backend.capturable():
             results.append(model.loss_and_grads(X, Y, loss=loss, l2=0.1))
+        one_pass = [e for e in launched if e.startswith("pointwise_loss_bias_grad")]
         assert [e.endswith(", false>") for e in one_pass] == ([True] if fused else [])
         monkeypatch.undo()
     (loss_apart, grads_apart), (loss_fused, grads_fused) = results
@@ -1081,7 +1078,7 @@ def test_first_layer_in_slabs_changes_no_bit_emulated(monkeypatch, sizes, min_we
 
     backend = emulated_backend(sms=3)
     assert backend.first_layer_slabs([4096, 4096, 4096, 4096]) == 1         # main: one product
-    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    n_params = sum(a * b + b for a, b in itertools.pairwise(sizes))
     early = len(sizes) - 2 if min_weights == 200 else 0     # layers updated beside: 1 and 2
     with backend.capturable():                      # every product through gpubp.cublas
         whole, h_whole, _, updates = _train_slabs(backend, monkeypatch, sizes, min_weights, 1,
@@ -1106,7 +1103,7 @@ def test_first_layer_in_slabs_changes_no_bit_emulated(monkeypatch, sizes, min_we
                                       for i in range(slabs - 1)]
                 covered = sorted(r for ranges in step for r in ranges)
                 assert covered[0][0] == 0 and covered[-1][1] == n_params
-                assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))   # once each
+                assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))   # once each
 
 
 @requires_cupy
