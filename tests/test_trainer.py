@@ -1064,12 +1064,14 @@ def _train_slabs(backend, monkeypatch, sizes, min_weights, slabs, optimizer, cud
     return backend.to_numpy(model.params), history, trainer, updates
 
 
-@pytest.mark.parametrize("sizes,min_weights", [([40, 70, 70, 4], 200), ([40, 70, 4], 2000)])
+@pytest.mark.parametrize("sizes,min_weights", [([40, 70, 70, 4], 200), ([40, 70, 4], 2000),
+                                               ([40, 4], 100)])
 def test_first_layer_in_slabs_changes_no_bit_emulated(monkeypatch, sizes, min_weights):
     """_FIRST_SLABS: the first layer's weight gradient made in 2 or 4 slabs of
     rows (edges multiples of 4: 0, 20, 40 and 0, 8, 20, 28, 40), each slab but
     the last updated as soon as it is final, beside the product for the next;
-    also where no other layer is large enough to be updated beside ([40, 70, 4]).
+    also where no other layer is large enough to be updated beside ([40, 70, 4]),
+    and where the first layer is the output layer too ([40, 4]).
     Each step updates every parameter once. Eager and graph-replayed, the
     parameters end bit for bit where one product leaves them: the stand-in for
     cuBLAS computes each element alike however the rows are cut (a GPU's cuBLAS
