@@ -7,7 +7,8 @@
 #    fixed rules (at most 200 s);
 # 2. readme_table.sh runs the GPU tests and the README's runs under them (falling back to
 #    main's settings where a test fails under them and passes under main's);
-# 3. the overlap probe (TF32), in whatever time is left: why the winner won.
+# 3. in whatever time is left, large TF32's step profiled under both settings on trial
+#    (unless the table ran with them), then the overlap probe (TF32).
 # Everything lands in $OUT/session.tar.gz (the device tool brings back 8 files at most),
 # bundled again after each phase and every 15 s; the choice and the table also as plain
 # text beside it.
@@ -55,6 +56,14 @@ OUT="$WORK/table" SETTINGS="$SETTINGS" DEADLINE=$(( DEADLINE - 45 )) bash benchm
 cp "$WORK/table/gpu.txt" "$WORK/table/h100.txt" "$WORK/table/h100-large-tf32.txt" "$OUT/" 2>/dev/null
 bundle
 
+# The settings under trial, both on, large TF32's step operation by operation, whatever
+# was chosen: each figure against its prediction (benchmarks/NOTES.md, "The twelfth session").
+TRIAL="_OUTPUT_FUSED=1,_FIRST_SLABS=4"
+if (( $(left) > 60 )) && ! grep -qx "the table runs with: $TRIAL" "$WORK/table/gpu.txt"; then
+    timeout -k 5 45 python3 benchmarks/with_settings.py "$TRIAL" gpubp bench --profile \
+        --backend cupy --config large --precision tf32 --repeat 10 2>&1 | tee "$WORK/profile-trial.txt"
+    bundle
+fi
 if (( $(left) > 30 )); then
     timeout -k 5 $(( $(left) - 10 )) python3 benchmarks/overlap_probe.py --precision tf32 \
         --reserve 8,16,32 2>&1 | tee "$WORK/probe.txt"

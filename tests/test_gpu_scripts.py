@@ -109,12 +109,27 @@ def _runs(log, what):
     return [line for line in log if f" {what} " in f" {line} "]
 
 
+TRIAL = "_OUTPUT_FUSED=1,_FIRST_SLABS=4"
+
+
+def _table_benches(log):
+    """The benchmark runs of the table phase: all but the profile under the trial settings."""
+    return [line for line in _runs(log, "gpubp bench")
+            if not line.startswith(f"benchmarks/with_settings.py {TRIAL} ")]
+
+
+def _trial_profiles(log):
+    return [line for line in _runs(log, "gpubp bench")
+            if line.startswith(f"benchmarks/with_settings.py {TRIAL} gpubp bench --profile ")]
+
+
 def test_the_chosen_settings_reach_every_run(session):
     settings = "_BESIDE_SMS.tf32=16,_BACKWARD_BESIDE=1"
     log, files, bundled, gpu = session(settings)
     assert log[0].startswith("benchmarks/choose_settings.py --out ")
-    benches = _runs(log, "gpubp bench")
+    benches = _table_benches(log)
     assert len(benches) == 5                        # the table, TF32 large, 2 profiles, kernels
+    assert len(_trial_profiles(log)) == 1 and "--precision tf32" in _trial_profiles(log)[0]
     assert all(line.startswith(f"benchmarks/with_settings.py {settings} gpubp bench") for line in benches)
     tests = _runs(log, "pytest")
     assert len(tests) == 1 and tests[0].startswith(f"benchmarks/with_settings.py {settings} pytest")
@@ -123,12 +138,21 @@ def test_the_chosen_settings_reach_every_run(session):
     assert f"settings: {settings}" in gpu
     assert len(files) <= 8 and "session.tar.gz" in files and "choice.txt" in files
     assert {"choice.txt", "settings.txt", "choice.json", "table/h100.json", "table/tests_gpu.log",
-            "table/profile.txt", "probe.txt"} <= bundled
+            "table/profile.txt", "profile-trial.txt", "probe.txt"} <= bundled
+
+
+def test_no_profile_under_the_trial_settings_where_the_table_ran_with_them(session):
+    log, _, bundled, gpu = session(TRIAL)
+    assert gpu.splitlines()[-1] == f"the table runs with: {TRIAL}"
+    benches = _runs(log, "gpubp bench")             # the table's five, none after them
+    assert len(benches) == 5
+    assert all(line.startswith(f"benchmarks/with_settings.py {TRIAL} ") for line in benches)
+    assert "profile-trial.txt" not in bundled
 
 
 def test_main_settings_when_none_is_chosen(session):
     log, _, _, gpu = session("")
-    assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
+    assert all(line.startswith("-m gpubp bench") for line in _table_benches(log))
     assert _runs(log, "pytest")[0].startswith("-m pytest")
     assert "settings: main's" in gpu
 
@@ -139,7 +163,7 @@ def test_tests_failing_only_under_the_chosen_settings_send_the_runs_back_to_main
     again = [line for line in _runs(log, "pytest") if line.startswith("-m pytest")]
     assert len(again) == 1
     assert again[0].endswith("tests/test_trainer.py::test_one[tf32] tests/test_trainer.py::test_two")
-    assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
+    assert all(line.startswith("-m gpubp bench") for line in _table_benches(log))
     assert "everything after runs with main's settings" in gpu
     assert gpu.splitlines()[-1] == "the table runs with: main's"
 
@@ -148,7 +172,7 @@ def test_tests_failing_under_main_too_keep_the_chosen_settings(session):
     settings = "_BESIDE_SMS.tf32=8"
     log, _, _, gpu = session(settings, chosen_tests="fail", main_tests="fail")
     assert all(line.startswith(f"benchmarks/with_settings.py {settings} gpubp bench")
-               for line in _runs(log, "gpubp bench"))
+               for line in _table_benches(log))
     assert "main's settings" not in gpu
 
 
@@ -159,7 +183,7 @@ def test_the_chosen_settings_stay_only_if_every_failure_is_mains_too(session, ma
     """One of the two tests fails under main's as well (the other only under the chosen
     settings), or the rerun does not finish: the table runs with main's, and says why."""
     log, _, _, gpu = session("_BESIDE_SMS.tf32=8", chosen_tests="fail", main_tests=main_tests)
-    assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
+    assert all(line.startswith("-m gpubp bench") for line in _table_benches(log))
     assert f"{why}: everything after runs with main's settings" in gpu
     assert gpu.splitlines()[-1] == "the table runs with: main's"
 
@@ -169,14 +193,14 @@ def test_a_test_run_that_does_not_finish_sends_the_runs_back_to_mains(session):
     settings: no rerun of failures, the table with main's settings, and why in gpu.txt."""
     log, _, _, gpu = session("_BESIDE_SMS.tf32=8", chosen_tests="crash")
     assert not [line for line in _runs(log, "pytest") if line.startswith("-m pytest")]
-    assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
+    assert all(line.startswith("-m gpubp bench") for line in _table_benches(log))
     assert "GPU tests: exit status 139" in gpu and "did not finish" in gpu
     assert gpu.splitlines()[-1] == "the table runs with: main's"
 
 
 def test_updates_beside_failing_only_under_the_chosen_settings_leave_mains_as_they_are(session):
     log, _, _, gpu = session("_BESIDE_SMS.tf32=8", chosen_tests="second-stream")
-    assert all(line.startswith("-m gpubp bench") for line in _runs(log, "gpubp bench"))
+    assert all(line.startswith("-m gpubp bench") for line in _table_benches(log))
     assert "run without them" not in gpu
     assert gpu.splitlines()[-1] == "the table runs with: main's"
 
@@ -186,7 +210,7 @@ def test_updates_beside_failing_under_main_too_are_turned_off_for_the_table(sess
     log, _, _, gpu = session(settings, chosen_tests="second-stream", main_tests="fail")
     off = f"{settings},_OVERLAP_MIN_WEIGHTS=4611686018427387904"
     assert all(line.startswith(f"benchmarks/with_settings.py {off} gpubp bench")
-               for line in _runs(log, "gpubp bench"))
+               for line in _table_benches(log))
     assert "run without them" in gpu and gpu.splitlines()[-1] == f"the table runs with: {off}"
 
 
