@@ -76,7 +76,6 @@ template <typename T, int ACT, bool FUSED>
 __global__ void bias_grad_packed(const T* err, const T* __restrict__ a, T* delta,
                                  T* __restrict__ partial, int rows, int cols) {
     constexpr int P = gpubp_pack<T>::n;
-    __shared__ gpubp_pack<T> lanes[8][32];
     const int pc = blockIdx.x * 32 + threadIdx.x;            // this thread's pack of columns
     const long long step = (long long)gridDim.y * 8;
     gpubp_pack<T> s0, s1;
@@ -109,18 +108,7 @@ __global__ void bias_grad_packed(const T* err, const T* __restrict__ a, T* delta
             }
         }
     }
-#pragma unroll
-    for (int k = 0; k < P; ++k) s0.v[k] += s1.v[k];
-    lanes[threadIdx.y][threadIdx.x] = s0;
-    __syncthreads();
-    if (threadIdx.y == 0 && pc < cols / P) {
-        gpubp_pack<T> total = lanes[0][threadIdx.x];
-        for (int r = 1; r < 8; ++r) {
-#pragma unroll
-            for (int k = 0; k < P; ++k) total.v[k] += lanes[r][threadIdx.x].v[k];
-        }
-        gpubp_store_pack(partial + (long long)blockIdx.y * cols + (long long)pc * P, total);
-    }
+    gpubp_pack_column_partial(s0, s1, pc, partial, cols);
 }
 
 template __global__ void bias_grad_partial<float>(const float*, float*, int, int);

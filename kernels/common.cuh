@@ -80,6 +80,30 @@ __device__ __forceinline__ void gpubp_store_pack(T* p, const gpubp_pack<T>& x) {
     *reinterpret_cast<gpubp_pack<T>*>(p) = x;
 }
 
+// The end of a packed column-sum kernel on (32, 8) blocks (bias_grad_packed,
+// pointwise_loss_bias_grad): each thread's two accumulators s0 + s1 for its pack
+// pc of columns, then the block's 8 row lanes added in order (lane 0 first) into
+// partial[blockIdx.y, pc's columns]. One order of additions for both kernels, so
+// that they give the same bits. Every thread of the block must call it (a barrier).
+template <typename T>
+__device__ __forceinline__ void gpubp_pack_column_partial(gpubp_pack<T> s0, const gpubp_pack<T>& s1,
+                                                          int pc, T* partial, int cols) {
+    constexpr int P = gpubp_pack<T>::n;
+    __shared__ gpubp_pack<T> lanes[8][32];
+#pragma unroll
+    for (int k = 0; k < P; ++k) s0.v[k] += s1.v[k];
+    lanes[threadIdx.y][threadIdx.x] = s0;
+    __syncthreads();
+    if (threadIdx.y == 0 && pc < cols / P) {
+        gpubp_pack<T> total = lanes[0][threadIdx.x];
+        for (int r = 1; r < 8; ++r) {
+#pragma unroll
+            for (int k = 0; k < P; ++k) total.v[k] += lanes[r][threadIdx.x].v[k];
+        }
+        gpubp_store_pack(partial + (long long)blockIdx.y * cols + (long long)pc * P, total);
+    }
+}
+
 __device__ __forceinline__ double gpubp_warp_sum(double v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         v += __shfl_down_sync(0xffffffffu, v, offset);

@@ -102,7 +102,6 @@ __global__ void pointwise_loss_bias_grad(const T* __restrict__ z, const T* __res
                                          T* __restrict__ delta, double* __restrict__ loss,
                                          T* __restrict__ partial, int rows, int cols, T scale) {
     constexpr int P = gpubp_pack<T>::n;
-    __shared__ gpubp_pack<T> lanes[8][32];
     const int pc = blockIdx.x * 32 + threadIdx.x;            // this thread's pack of columns
     const long long step = (long long)gridDim.y * 8;
     double acc = 0.0;
@@ -140,18 +139,7 @@ __global__ void pointwise_loss_bias_grad(const T* __restrict__ z, const T* __res
             }
         }
     }
-#pragma unroll
-    for (int k = 0; k < P; ++k) s0.v[k] += s1.v[k];
-    lanes[threadIdx.y][threadIdx.x] = s0;
-    __syncthreads();
-    if (threadIdx.y == 0 && pc < cols / P) {
-        gpubp_pack<T> total = lanes[0][threadIdx.x];
-        for (int r = 1; r < 8; ++r) {
-#pragma unroll
-            for (int k = 0; k < P; ++k) total.v[k] += lanes[r][threadIdx.x].v[k];
-        }
-        gpubp_store_pack(partial + (long long)blockIdx.y * cols + (long long)pc * P, total);
-    }
+    gpubp_pack_column_partial(s0, s1, pc, partial, cols);
     gpubp_block_sum_into(acc, loss);
 }
 
