@@ -53,7 +53,7 @@ def main(argv=None):
 
     args = parser.parse_args(argv)
     if args.command == "bench":
-        return _bench(parser, args)
+        return _bench(bench, args)      # its errors print `gpubp bench`'s usage
     if args.command == "demo":
         from .demo import run_digits
 

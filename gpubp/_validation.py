@@ -14,6 +14,8 @@ def _is_device_array(a) -> bool:
 
 def as_checked_array(name: str, a):
     """``a`` as a NumPy or CuPy array of real numbers, not empty, all finite."""
+    if a is None:
+        raise TypeError(f"{name} must be an array of numbers; got None")
     if not _is_device_array(a):
         try:
             a = np.asarray(a)

@@ -29,10 +29,11 @@ def load_digits_split(seed=0, test_fraction=0.25):
 
 def run_digits(backend="auto", epochs=30, batch_size=32, hidden=64, activation="sigmoid",
                lr=1e-2, dtype="float32", seed=0, verbose=False, progress=False):
-    X_train, X_test, y_train, y_test = load_digits_split(seed)
+    # The model and trainer first: they check every setting, seed included, in gpubp's words.
     model = MLP([64, hidden, 10], activation=activation, output="softmax", backend=backend,
                 dtype=dtype, seed=seed)
     trainer = Trainer(model, optimizer=Adam(lr), batch_size=batch_size, seed=seed)
+    X_train, X_test, y_train, y_test = load_digits_split(seed)
     start = time.perf_counter()
     history = trainer.fit(X_train, y_train, epochs=epochs, validation_data=(X_test, y_test),
                           verbose=verbose, progress=progress)

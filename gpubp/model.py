@@ -168,12 +168,17 @@ class MLP:
             bv[...] = self.backend.asarray(b, dtype=self.dtype)
 
     # -- validation ----------------------------------------------------------
-    def _device_data(self, X, Y=None, loss=None, names=("X", "Y")):
-        """Validate, then move to the device: ``(X, dense Y, int32 labels)``."""
+    def _device_inputs(self, X, name="X"):
+        """Validate inputs alone, then move them to the device."""
+        X = v.check_X(X, self.layer_sizes[0], name)
+        v.check_fits(name, X, self.dtype)
+        return self.backend.asarray(X, dtype=self.dtype)
+
+    def _device_data(self, X, Y, loss, names=("X", "Y")):
+        """Validate inputs and targets, then move them to the device:
+        ``(X, dense Y, int32 labels)``, one of the last two None."""
         X = v.check_X(X, self.layer_sizes[0], names[0])
-        dense = labels = None
-        if Y is not None:
-            dense, labels = v.check_Y(Y, X.shape[0], self.layer_sizes[-1], loss, names[1])
+        dense, labels = v.check_Y(Y, X.shape[0], self.layer_sizes[-1], loss, names[1])
         v.check_fits(names[0], X, self.dtype)
         if dense is not None:
             v.check_fits(names[1], dense, self.dtype)
@@ -364,7 +369,7 @@ class MLP:
         """The network's output for X (after the output activation), as an array
         on the model's backend. Inputs whose activations would take more than
         ``gpubp.model.EVAL_BYTES`` (256 MiB) go through in chunks of rows."""
-        X, _, _ = self._device_data(X)
+        X = self._device_inputs(X)
         bufs, chunks = self._chunks(X.shape[0])
         if len(chunks) == 1:
             out = bufs.deltas[-1]
@@ -423,8 +428,13 @@ class MLP:
         ``W0, b0, W1, b1, ...`` as arrays of the model's dtype and the
         architecture as JSON under ``gpubp_model``; no pickles. The file is
         replaced atomically, so a checkpoint written during training is never
-        half-written. The optimizer's state is not saved. Returns the path."""
+        half-written, and parameters that hold NaN or Inf (a diverged run) are
+        refused before the file is touched, so an earlier checkpoint at ``path``
+        is kept. The optimizer's state is not saved. Returns the path."""
         path = _check_path(path)
+        if not bool(self.xp.isfinite(self.params).all()):
+            raise ValueError("the model's parameters hold NaN or Inf (training diverged; "
+                             "a smaller learning rate?): not saved, as MLP.load would refuse them")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"cannot save to {str(path)!r}: the folder {str(path.parent)!r} "
                                     "does not exist")

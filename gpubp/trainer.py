@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import numbers
 import time
 
@@ -105,7 +106,8 @@ class Trainer:
         ``progress=True`` shows a tqdm progress bar over the epochs with the
         latest figures (the ``progress`` extra installs tqdm). Both update once
         per epoch, when the host reads the figures back anyway. Everything is
-        validated before training starts.
+        validated before training starts. A loss that turns NaN or Inf (the
+        run diverged) is logged as a warning on the ``gpubp`` logger, once.
         """
         model = self.model
         epochs = v.check_positive_int("epochs", epochs)
@@ -150,6 +152,7 @@ class Trainer:
             if model.output in ("softmax", "sigmoid"):
                 history["val_accuracy"] = []
 
+        diverged = False
         with self._graph_mode():
             for _ in range(epochs):
                 start = time.perf_counter()
@@ -174,6 +177,11 @@ class Trainer:
                 host = model.backend.to_numpy(
                     xp.stack([xp.asarray(f, dtype=np.float64) for f in figures]))
                 history["loss"].append(float(host[0]) / n)
+                if not diverged and not math.isfinite(history["loss"][-1]):
+                    diverged = True
+                    logger.warning("gpubp: the training loss is %s at epoch %d: training has "
+                                   "diverged (a smaller learning rate?)", history["loss"][-1],
+                                   self.epochs_done)
                 if val is not None:
                     n_val = val[0].shape[0]
                     history["val_loss"].append(float(host[1]) / n_val)

@@ -217,6 +217,8 @@ BAD_Y = {  # name -> (output, loss, Y(rng, n), what the message must name)
     "mse_complex": ("identity", "mse", lambda rng, n: rng.normal(size=(n, N_OUT)) * 1j, r"\bY\b.*real"),
     "mse_empty": ("identity", "mse", lambda rng, n: np.empty((0, N_OUT)), r"\bY\b.*empty"),
     "mse_none": ("identity", "mse", lambda rng, n: [None] * n, r"\bY\b"),
+    "labels_missing": ("softmax", "cross_entropy", lambda rng, n: None, r"\bY\b.*got None"),
+    "mse_missing": ("identity", "mse", lambda rng, n: None, r"\bY\b.*got None"),
 }
 
 Y_ENTRY_POINTS = {
@@ -522,6 +524,7 @@ BAD_FIT_ARGS = {  # name -> (kwargs(rng), what the message must name)
     "val_Y_rows": (lambda rng: {"validation_data": _val(rng, 5, Y=_labels(rng, 6))}, r"\bY"),
     "val_Y_label": (lambda rng: {"validation_data": _val(rng, 5, Y=_with_label(rng, 5, N_OUT))}, r"\bY"),
     "val_Y_inf": (lambda rng: {"validation_data": _val(rng, 5, Y=with_nan(rng, _onehot(rng, 5), np.inf))}, r"\bY"),
+    "val_Y_missing": (lambda rng: {"validation_data": (valid_X(rng, 5), None)}, r"Y_val.*got None"),
 }
 
 

@@ -55,3 +55,8 @@ def test_demo_command_trains_reports_and_saves(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["demo", "--epochs", "1", "--save", str(tmp_path / "absent" / "m.npz")])
     assert info.value.code == 2 and "its folder does not exist" in capsys.readouterr().err
+    for bad, said in ((["--seed", "-1"], "seed must be a non-negative integer"),
+                      (["--batch-size", "0"], "batch_size"), (["--activation", "swish"], "activation")):
+        with pytest.raises(SystemExit) as info:
+            main(["demo", "--backend", "numpy", *bad])
+        assert info.value.code == 2 and said in capsys.readouterr().err      # gpubp's own words

@@ -84,6 +84,23 @@ def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, rng, monke
     assert os.listdir(tmp_path) == ["m.npz"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_diverged_model_is_not_saved_over_a_good_checkpoint(tmp_path, rng, backend, bad):
+    """MLP.load refuses parameters that are not finite, so save refuses to write
+    them, before the file is touched: the last good checkpoint stays."""
+    model = _trained(backend, rng)
+    path = model.save(tmp_path / "m.npz")
+    before = path.read_bytes()
+    layer = int(rng.integers(model.n_layers))
+    hit = model.biases[layer] if rng.random() < 0.5 else model.weights[layer]   # views of params
+    hit[tuple(int(rng.integers(d)) for d in hit.shape)] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
 def test_save_and_load_reject_a_path_that_is_not_one(rng):
     model = gpubp.MLP([2, 2])
     for bad in (None, 3, 3.5, ["m.npz"]):

@@ -83,6 +83,24 @@ def test_history_and_validation(backend, rng):
     assert set(h) == {"loss", "val_loss"}
 
 
+def test_a_diverging_run_is_logged_once(backend, rng, caplog):
+    """A loss that turns NaN or Inf is logged once, at the epoch it first does;
+    a healthy run logs nothing."""
+    X, y = rng.normal(size=(60, 4)), rng.integers(0, 3, size=60)
+    diverging = gpubp.Trainer(gpubp.MLP([4, 8, 3], activation="relu", backend=backend),
+                              optimizer=gpubp.optim.SGD(1e4), batch_size=10)
+    with caplog.at_level("WARNING", logger="gpubp"), np.errstate(all="ignore"):
+        history = diverging.fit(X, y, epochs=4)
+    first = next(e for e, loss in enumerate(history["loss"], 1) if not np.isfinite(loss))
+    said = [r.getMessage() for r in caplog.records if "diverged" in r.getMessage()]
+    assert said == [f"gpubp: the training loss is {history['loss'][first - 1]} at epoch {first}: "
+                    "training has diverged (a smaller learning rate?)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gpubp"):
+        gpubp.Trainer(gpubp.MLP([4, 8, 3], backend=backend), batch_size=10).fit(X, y, epochs=4)
+    assert not [r for r in caplog.records if "diverged" in r.getMessage()]
+
+
 def test_progress_bar_and_verbose_lines_show_the_history(backend, rng, capsys):
     pytest.importorskip("tqdm")
     X, y = rng.normal(size=(40, 5)), rng.integers(0, 3, size=40)
