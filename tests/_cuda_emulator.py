@@ -505,7 +505,8 @@ class EmulatedCupyBackend(CupyBackend):
     streams that capture graphs. Its matrix products take the CuPy backend's
     own route: cupy.matmul is NumPy's, and gpubp.cublas.Gemm calls a stand-in
     for libcublas built from cuBLAS's header (NumPy's products where it cannot
-    be built). Eager launches fault on an access past the end of an array (past
+    be built); only bf16's rounding of the factors, while a graph is captured,
+    is this class's own (deferred to the launch). Eager launches fault on an access past the end of an array (past
     its start in reverse order), where ``guard`` is on."""
 
     name = "cupy"
@@ -581,11 +582,12 @@ class EmulatedCupyBackend(CupyBackend):
         return gemm
 
     def matmul(self, a, b, out, transa=False, transb=False, precision="float32"):
-        if precision != "bf16":
+        if precision != "bf16" or _recording is None:
+            # Eager (or not bf16): the CuPy backend's own route, its rounding included.
             return super().matmul(a, b, out, transa=transa, transb=transb, precision=precision)
-        # bf16 rounds its operands with array operations, which NumPy runs at
-        # once where CuPy's would be captured: here they run at launch. Their
-        # work arrays are taken now, as a graph bakes in their addresses.
+        # While a graph is captured: bf16 rounds its operands with array operations,
+        # which NumPy runs at once where CuPy's would be captured: here they run at
+        # launch. Their work arrays are taken now, as a graph bakes in their addresses.
         rounded = self._work(a, "gemm_a"), self._work(b, "gemm_b")
         capturable = getattr(self._local, "capturable", False)
         product = self._direct_gemm() if capturable else self._numpy_gemm

@@ -72,14 +72,17 @@ def _g_prime(name, z):
     }[name]
 
 
-def reference_backprop(params, activation, output, loss, X, Y, l2):
+def reference_backprop(params, activation, output, loss, X, Y, l2, operand=None):
     """The textbook algorithm one example at a time, Theta(l) = W(l)^T:
 
     for t = 1..m: forward; d(L) = a(L) - y (times g'(z(L)) for sigmoid + mse);
     d(l) = (Theta(l)^T d(l+1)) .* g'(z(l)); Delta(l) += d(l+1) a(l)^T;
     then D(l) = (Delta(l) + lambda Theta(l)) / m, biases unregularized.
+    ``operand(x)``, where given, is applied to both factors of every product
+    (a precision mode's rounding); the sums stay in float64.
     Returns (J, [(dW, db), ...]).
     """
+    r = (lambda x: x) if operand is None else operand
     m = X.shape[0]
     Ws = [np.asarray(W, np.float64) for W, _ in params]
     bs = [np.asarray(b, np.float64) for _, b in params]
@@ -91,7 +94,7 @@ def reference_backprop(params, activation, output, loss, X, Y, l2):
         a = [X[t].astype(np.float64)]
         zs = []
         for l in range(L):
-            z = Ws[l].T @ a[-1] + bs[l]
+            z = r(Ws[l]).T @ r(a[-1]) + bs[l]
             zs.append(z)
             a.append(_g(activation if l < L - 1 else output, z))
         y, out = Y[t], a[-1]
@@ -105,10 +108,10 @@ def reference_backprop(params, activation, output, loss, X, Y, l2):
         if output == "sigmoid" and loss == "mse":
             d = d * _g_prime("sigmoid", zs[-1])
         for l in reversed(range(L)):
-            Delta_W[l] += np.outer(a[l], d)
+            Delta_W[l] += np.outer(r(a[l]), r(d))
             Delta_b[l] += d
             if l > 0:
-                d = (Ws[l] @ d) * _g_prime(activation, zs[l - 1])
+                d = (r(Ws[l]) @ r(d)) * _g_prime(activation, zs[l - 1])
     J = J / m + l2 / (2 * m) * sum(np.sum(W * W) for W in Ws)
     grads = [((Delta_W[l] + l2 * Ws[l]) / m, Delta_b[l] / m) for l in range(L)]
     return J, grads

@@ -113,6 +113,8 @@ def test_soft_targets_use_the_exact_gradient(backend, rng):
 
 def test_biases_are_never_regularized(backend, rng):
     model = gpubp.MLP([4, 3, 2], backend=backend, dtype="float64", seed=5)
+    # Biases drawn away from their initial zeros, where any penalty on them would vanish.
+    model.set_params([(W, rng.normal(size=b.shape)) for W, b in model.get_params()])
     X, y = rng.normal(size=(6, 4)), rng.integers(0, 2, size=6)
     J0, g0 = model.loss_and_grads(X, y)
     J1, g1 = model.loss_and_grads(X, y, l2=2.0)
@@ -154,3 +156,22 @@ def test_loss_is_finite_for_huge_logits(backend, rng):
         assert np.isfinite(J) and J == pytest.approx(_loss_from_logits(z, Y, output, loss),
                                                      rel=1e-4, abs=5e-2)
         assert all(np.isfinite(dW).all() and np.isfinite(db).all() for dW, db in grads)
+        # And the gradient's value: delta from the logits in float64 (saturated, mostly).
+        delta = _delta_from_logits(z, Y, output, loss) / X.shape[0]
+        (dW, db), = grads
+        Xf = X.astype(np.float32).astype(np.float64)
+        np.testing.assert_allclose(dW, Xf.T @ delta, rtol=1e-3, atol=2e-2)
+        np.testing.assert_allclose(db, delta.sum(axis=0), rtol=1e-3, atol=2e-2)
+
+
+def _delta_from_logits(z, Y, output, loss):
+    """The output layer's delta per example, dJ/dz, in float64 forms that cannot overflow."""
+    sigmoid = 0.5 * (1 + np.tanh(z / 2))
+    if loss == "cross_entropy":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True) * Y.sum(axis=1, keepdims=True) - Y
+    if loss == "binary_cross_entropy":
+        return sigmoid - Y
+    if output == "sigmoid":
+        return (sigmoid - Y) * sigmoid * (1 - sigmoid)
+    return z - Y

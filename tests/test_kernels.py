@@ -557,7 +557,6 @@ def test_gather_rows_and_advance(both, rng, dtype, cols, n, m):
     assert int(offc[0]) == int(offn[0]) == 3 * m
 
 
-@requires_cupy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("transa,transb", [(False, False), (True, False), (False, True)])
 def test_matmul_seam(both, rng, dtype, transa, transb):

@@ -10,6 +10,12 @@ import gpubp
 from _helpers import BACKENDS
 
 
+# Outputs of the same parameters through the two backends' kernels agree within float32's
+# rounding; with tf32 or bf16, the factors of a product can round to neighbours one unit
+# apart where the two backends' sums differ in their last bits (1e-4 seen for tf32).
+_TOL = {"float32": 1e-5, "tf32": 2e-3, "bf16": 1e-2}
+
+
 def _trained(backend, rng, **kwargs):
     model = gpubp.MLP([6, 5, 4, 3], backend=backend, seed=int(rng.integers(1000)), **kwargs)
     X, y = rng.normal(size=(40, 6)), rng.integers(0, 3, size=40)
@@ -41,8 +47,43 @@ def test_a_saved_model_loads_with_the_same_parameters_and_outputs(tmp_path, rng,
     if load_on == backend:
         np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
     else:   # the same parameters through the other backend's kernels
-        tol = 1e-5 if model.dtype == np.float32 else 1e-12
+        tol = _TOL[model.precision] if model.dtype == np.float32 else 1e-12
         np.testing.assert_allclose(loaded.predict(X), model.predict(X), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("saved_on", ["numpy", "emulated"])
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"activation": "tanh", "output": "sigmoid", "dtype": "float64"},
+    {"activation": "leaky_relu", "output": "identity", "precision": "bf16"},
+    {"activation": "relu", "output": "softmax", "precision": "tf32"},
+])
+def test_a_model_moves_between_the_backends_through_a_file(tmp_path, rng, saved_on, kwargs):
+    """Saved on one backend and loaded on the other (the CuPy backend's code, its
+    kernels emulated on the CPU where no GPU is): the same parameters, and outputs
+    within the dtype's rounding (the mode's, for tf32 and bf16), and, in float32 and
+    float64, still so after more training on each."""
+    from _cuda_emulator import emulated_backend
+
+    backends = {"numpy": "numpy", "emulated": emulated_backend()}
+    model = _trained(backends[saved_on], rng, **kwargs)
+    other = backends["numpy" if saved_on == "emulated" else "emulated"]
+    loaded = gpubp.MLP.load(model.save(tmp_path / "m.npz"), backend=other)
+    assert loaded.backend is not model.backend and loaded.precision == model.precision
+    for (w, b), (w2, b2) in zip(model.get_params(), loaded.get_params()):
+        np.testing.assert_array_equal(w2, w)
+        np.testing.assert_array_equal(b2, b)
+    tol = _TOL[model.precision] if model.dtype == np.float32 else 1e-12
+    X, Y = rng.normal(size=(40, 6)), rng.integers(0, 3, size=40)
+    np.testing.assert_allclose(loaded.predict(X), model.predict(X), rtol=tol, atol=tol)
+    if model.output != "softmax":
+        Y = rng.uniform(size=(40, 3)) if model.output == "sigmoid" else rng.normal(size=(40, 3))
+    loss = {"softmax": "cross_entropy", "sigmoid": "mse", "identity": "mse"}[model.output]
+    for m in (model, loaded):
+        gpubp.Trainer(m, loss=loss, optimizer=gpubp.optim.SGD(0.05), batch_size=8,
+                      seed=4).fit(X, Y, epochs=2)
+    if model.precision == "float32":
+        np.testing.assert_allclose(loaded.predict(X), model.predict(X), rtol=10 * tol, atol=10 * tol)
 
 
 def test_the_file_is_a_plain_npz_that_numpy_reads(tmp_path, rng):

@@ -375,6 +375,10 @@ def test_graph_mode_on_emulated_kernels_equals_eager_launches(rng, optimizer, hi
     plain, _, h_plain, _ = train(False)             # cupy.matmul's products: within rounding
     assert max_rel_error(graphed.params, plain.params) < 1e-4
     np.testing.assert_allclose(h_graph["loss"], h_plain["loss"], rtol=1e-4)
+    if stand_in is None:
+        pytest.skip("all but one check passed; the products were not counted: the stand-in for "
+                    "libcublas cannot be built here (no C compiler or no cuBLAS header), so "
+                    "the emulated backend multiplied with NumPy")
 
 
 @pytest.mark.parametrize("output,loss", [("identity", "mse"), ("sigmoid", "binary_cross_entropy")])
