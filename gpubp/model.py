@@ -461,6 +461,11 @@ class MLP:
         path = _check_path(path)
         not_ours = f"path {str(path)!r} is not a model saved by gpubp"
         try:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+            if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+                # np.load would take it for a pickle and suggest allow_pickle
+                raise ValueError("not an .npz archive")
             data = np.load(path, allow_pickle=False)
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise ValueError("it holds one array, not an .npz archive")

@@ -160,8 +160,11 @@ def test_load_says_what_is_wrong_with_a_file(tmp_path, rng):
     np.savez(tmp_path / "other.npz", x=rng.normal(size=3))
     (tmp_path / "cut.npz").write_bytes((_saved(tmp_path, rng)).read_bytes()[:200])
     for name in ("text", "one.npy", "other.npz", "cut.npz"):
-        with pytest.raises(ValueError, match="is not a model saved by gpubp"):
+        with pytest.raises(ValueError, match="is not a model saved by gpubp") as info:
             gpubp.MLP.load(tmp_path / name)
+        assert "pickle" not in str(info.value)          # no advice to unpickle a stranger's file
+    with pytest.raises(ValueError, match=r"is not a model saved by gpubp \(not an .npz archive\)"):
+        gpubp.MLP.load(tmp_path / "text")
 
     model = gpubp.MLP([3, 2], seed=1)
     w, b = model.get_params()[0]
