@@ -461,16 +461,19 @@ class MLP:
         path = _check_path(path)
         not_ours = f"path {str(path)!r} is not a model saved by gpubp"
         try:
+            # Opened here, not by np.load, which leaves its own file open when the
+            # archive turns out to be broken.
             with open(path, "rb") as f:
                 magic = f.read(6)
-            if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
-                # np.load would take it for a pickle and suggest allow_pickle
-                raise ValueError("not an .npz archive")
-            data = np.load(path, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("it holds one array, not an .npz archive")
-            with data:
-                arrays = {k: data[k] for k in data.files}
+                if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+                    # np.load would take it for a pickle and suggest allow_pickle
+                    raise ValueError("not an .npz archive")
+                f.seek(0)
+                data = np.load(f, allow_pickle=False)
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise ValueError("it holds one array, not an .npz archive")
+                with data:
+                    arrays = {k: data[k] for k in data.files}
         except FileNotFoundError:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

@@ -165,6 +165,10 @@ def test_load_says_what_is_wrong_with_a_file(tmp_path, rng):
         assert "pickle" not in str(info.value)          # no advice to unpickle a stranger's file
     with pytest.raises(ValueError, match=r"is not a model saved by gpubp \(not an .npz archive\)"):
         gpubp.MLP.load(tmp_path / "text")
+    if os.path.isdir("/proc/self/fd"):        # a refused file is closed, not left to the collector
+        held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")]
+        assert not [h for h in held if h.startswith(str(tmp_path))], held
 
     model = gpubp.MLP([3, 2], seed=1)
     w, b = model.get_params()[0]
