@@ -99,6 +99,7 @@ class MLP:
         self.weights, self.biases = self._views(self.params)
         self.grad_weights, self.grad_biases = self._views(self.grads)
         self._buffers = {}
+        self._spare_buffers = None
 
     # -- layout --------------------------------------------------------------
     @property
@@ -189,8 +190,16 @@ class MLP:
             labels = self.backend.asarray(labels, dtype=np.int32)
         return X, dense, labels
 
-    def _buffers_for(self, m):
+    def _buffers_for(self, m, keep=True):
+        """The work arrays for batches of m rows: kept per size for training's
+        sizes; with ``keep=False`` (loss_and_grads, called with any size) one set
+        only, the latest size's, so that calls with many sizes do not pile up."""
         bufs = self._buffers.get(m)
+        if bufs is None and not keep:
+            spare = self._spare_buffers
+            if spare is None or spare[0] != m:
+                spare = self._spare_buffers = (m, _Buffers(self.xp, self.layer_sizes, m, self.dtype))
+            return spare[1]
         if bufs is None:
             bufs = self._buffers[m] = _Buffers(self.xp, self.layer_sizes, m, self.dtype)
         return bufs
@@ -399,7 +408,7 @@ class MLP:
         loss, kind = resolve_loss(self.output, loss)
         l2 = v.check_real("l2", l2, low=0.0)
         X, dense, labels = self._device_data(X, Y, loss)
-        bufs = self._buffers_for(X.shape[0])
+        bufs = self._buffers_for(X.shape[0], keep=False)
         bufs.loss.fill(0)
         self._backprop(X, dense, labels, kind, l2, bufs, bufs.loss)
         value = float(bufs.loss) / X.shape[0]

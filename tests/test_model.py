@@ -111,6 +111,22 @@ def test_loss_and_grads_changes_nothing(backend, rng):
         np.testing.assert_array_equal(b0, b1)
 
 
+def test_loss_and_grads_of_many_batch_sizes_keeps_one_set_of_work_arrays(backend, rng):
+    """Calls with many batch sizes do not pile up memory: the model keeps the
+    latest size's work arrays only, and each call's result is as from a fresh model."""
+    model = gpubp.MLP([4, 5, 3], backend=backend, dtype="float64", seed=3)
+    for m in rng.permutation(np.arange(1, 30))[:12]:
+        X, y = rng.normal(size=(m, 4)), rng.integers(0, 3, size=m)
+        J, grads = model.loss_and_grads(X, y, l2=0.2)
+        fresh = gpubp.MLP([4, 5, 3], backend=backend, dtype="float64", seed=3)
+        J_fresh, grads_fresh = fresh.loss_and_grads(X, y, l2=0.2)
+        assert J == J_fresh
+        for (dW, db), (dW_f, db_f) in zip(grads, grads_fresh):
+            np.testing.assert_array_equal(dW, dW_f)
+            np.testing.assert_array_equal(db, db_f)
+        assert model._buffers == {} and model._spare_buffers[0] == m
+
+
 def test_evaluate_agrees_with_loss_and_grads(backend, rng):
     model = gpubp.MLP([4, 5, 3], backend=backend, dtype="float64", seed=9)
     X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, size=20)
