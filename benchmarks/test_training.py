@@ -1,10 +1,15 @@
 """The benchmark matrix under pytest-benchmark: every (config, subject,
-workload) that ``gpubp bench`` times, one test each."""
+workload) that ``gpubp bench`` times, one test each. pytest-benchmark's own
+clock times each call, the device synchronised inside it (not CUDA events),
+after the same idle time as ``gpubp bench`` before each CPU subject; no ratios."""
+
+import time
 
 import pytest
 
 from _matrix import CONFIG_NAMES, CONFIGS_RUN, SETTINGS
 from gpubp.bench.run import plan
+from gpubp.bench.timing import HostClock
 
 
 def _cases():
@@ -37,5 +42,7 @@ def test_benchmark(benchmark, config, subject, factory, clock, workload, skip_re
                                 layers=list(config.layers), batch=config.batch)
     if workload != "epoch":
         benchmark.extra_info["gemm_flops"] = config.flops(workload)
+    if clock is HostClock:          # the CPU: let the last test's BLAS threads stop spinning
+        time.sleep(SETTINGS.settle_s)
     benchmark.pedantic(call, rounds=SETTINGS.repeat, iterations=1,
                        warmup_rounds=1 if workload == "epoch" else SETTINGS.warmup)

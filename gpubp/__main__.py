@@ -176,6 +176,7 @@ def _bench(parser, args):
         return _bench_kernels(parser, args)
 
     names = args.config or ([] if args.layers else list(DEFAULT_CONFIGS))
+    names = list(dict.fromkeys(names))          # a config named twice is timed once
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown --config {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")

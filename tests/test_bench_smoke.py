@@ -164,7 +164,7 @@ def test_the_passes_are_timed_beside_the_loops_only_where_the_loops_run(monkeypa
                     if e[0] == "gpubp-numpy-passes"]
         if loops is None:
             assert entry == ("gpubp-numpy-passes", "gpubp-numpy makes NumPy's passes itself "
-                             "(Numba is not installed, or GPUBP_NUMBA=0)")
+                             "(Numba is not installed or does not import, or GPUBP_NUMBA=0)")
         else:
             assert entry[2]().model.backend.loops is None and entry[4] == ("forward", "step")
 
@@ -313,6 +313,52 @@ def test_cli_runs_the_precision_modes(tmp_path, capsys, precision):
         {"gpubp-numpy", "floor-numpy"} | ({"gpubp-numpy-passes"} if _loops() else set())
 
 
+def test_pytorch_is_compared_at_the_same_precision_or_said_to_differ(monkeypatch, tmp_path, capsys):
+    """tf32 leaves PyTorch's CPU rows out (its CPU products are float32 whatever it is
+    told); bf16 keeps PyTorch's own autocast and says what it is, in the table and JSON."""
+    import importlib
+
+    run_module = importlib.import_module("gpubp.bench.run")  # (gpubp.bench.run is also a function)
+    monkeypatch.setattr(run_module, "torch_version", lambda: "2.x")     # as if installed
+    tiny = CONFIGS["tiny"]
+    tf32 = {e[0]: e for e in plan(tiny, "numpy", Settings(quick=True, precision="tf32"))}
+    assert tf32["torch-cpu"] == ("torch-cpu", "PyTorch has no TF32 products on the CPU")
+    assert tf32["floor-torch-cpu"] == ("floor-torch-cpu", "PyTorch has no TF32 products on the CPU")
+    bf16 = {e[0]: e for e in plan(tiny, "numpy", Settings(quick=True, precision="bf16"))}
+    assert len(bf16["torch-cpu"]) == 5 and len(bf16["floor-torch-cpu"]) == 5
+    monkeypatch.undo()
+    printed, results = _bench(tmp_path, capsys, "--config", "tiny", "--backend", "numpy",
+                              "--precision", "bf16", "--no-torch")
+    assert results["settings"]["torch_precision"] == run_module.TORCH_BF16
+    assert f"({run_module.TORCH_BF16})" in printed
+
+
+def test_the_json_says_how_the_run_was_made(tmp_path, capsys):
+    """Each config's epoch as run (2 batches with --quick), NumPy's BLAS and the
+    thread settings; a config named twice is timed once."""
+    printed, results = _bench(tmp_path, capsys, "--config", "tiny", "--config", "tiny",
+                              "--backend", "numpy", "--no-torch")
+    assert results["configs"]["tiny"]["epoch_batches"] == 2
+    subjects = [m["subject"] for m in results["measurements"] if m["workload"] == "step"]
+    assert len(subjects) == len(set(subjects))
+    assert printed.count("\ntiny: ") == 1
+    meta = results["meta"]
+    assert "blas" in meta and "threads_env" in meta and "torch_threads" in meta
+    assert meta["blas"] is None or meta["blas"] in printed
+
+
+def test_spread_interpolates_the_deciles():
+    """(p90 - p10) / median: with 5 samples one outlier moves it by a share, not all of it."""
+    from gpubp.bench.timing import Timing
+
+    t = Timing([100.0, 101.0, 102.0, 103.0, 900.0])
+    # deciles, inclusive: p10 = 100 + 0.4 * 1, p90 = 103 + 0.6 * 797
+    assert t.spread == pytest.approx((103 + 0.6 * 797 - 100.4) / 102)
+    assert Timing([5.0] * 30).spread == 0 and Timing([7.0]).spread == 0
+    many = Timing(list(range(1, 102)))                  # 1..101: p10 = 11, p90 = 91
+    assert many.spread == pytest.approx(80 / 51)
+
+
 def test_kernel_table_runs_every_case():
     """gpubp bench --kernels, its code paths at small sizes: the CuPy backend's
     kernels emulated on the CPU against the NumPy definitions (no timing meant)."""
@@ -420,6 +466,45 @@ def test_the_graph_workload_replays_the_step_on_emulated_kernels():
     assert float(graphed.loss_sum) == float(eager.loss_sum)
     graphed.epoch()
     assert graphed.trainer.graphs_off_reason is None and graphed.trainer._graph_cache
+
+
+@pytest.mark.parametrize("precision", ["float32", "tf32", "bf16"])
+def test_the_graph_floor_replays_the_steps_products(precision):
+    """floor-cupy-graph, on the emulated CuPy backend: the step's products captured
+    once through gpubp.cublas and replayed, each launch writing what the eager
+    floor's products write, with no product called from Python after capture."""
+    import numpy as np
+    from _cuda_emulator import emulated_backend
+    from _fake_cublas import counts, fake_cublas
+
+    from gpubp.bench.workloads import GemmFloor
+
+    backend = emulated_backend()
+    config = Config("t", (6, 70, 5, 3), 8)
+    graphed = GemmFloor(config, backend, precision, graphs=True)
+    with backend.capturable():
+        eager = GemmFloor(config, backend, precision)
+        eager.step()
+    lib = fake_cublas()
+    before = lib and counts(lib)
+    for out in graphed.dW + graphed.errs:
+        out[...] = np.nan                              # the replay must write them again
+    calls = []
+    real_matmul = backend.matmul
+    backend.matmul = lambda *a, **k: calls.append(a) or real_matmul(*a, **k)
+    try:
+        graphed.step()
+    finally:
+        del backend.matmul
+    assert calls == []                                 # nothing called from Python
+    # dW of every layer, the error of every layer but the first (and none for the output)
+    for got, want in zip(graphed.dW + graphed.errs[1:-1], eager.dW + eager.errs[1:-1], strict=True):
+        np.testing.assert_array_equal(got, want)
+    if lib is not None:
+        replayed_calls, products = np.subtract(counts(lib), before)
+        assert products == len(config.gemm_shapes())
+        # (the emulator defers bf16's rounding, and so its products' calls, to the launch)
+        assert replayed_calls == (products if precision == "bf16" else 0)
 
 
 def test_the_graph_workload_is_skipped_where_gpubp_cublas_fails_its_check():

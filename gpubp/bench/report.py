@@ -8,7 +8,7 @@ import os
 from .run import RATIOS, WORKLOADS
 
 SUBJECT_ORDER = ["gpubp-numpy", "gpubp-numpy-passes", "floor-numpy", "torch-cpu", "floor-torch-cpu", "gpubp-cupy",
-                 "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-cupy", "torch-cuda",
+                 "gpubp-cupy-graph", "gpubp-cupy-unfused", "floor-cupy", "floor-cupy-graph", "torch-cuda",
                  "torch-cuda-graph", "floor-torch-cuda"]
 
 
@@ -40,12 +40,16 @@ def table(results):
     lines.append(f"gpubp bench  {meta['date']}  cpu: {meta['cpu']} ({meta['cpu_cores']} cores)  "
                  f"gpu: {meta['gpu'] or 'none'}")
     loops = f"numba {meta['numba']} loops" if meta.get("numba") else "passes, no numba"
+    if meta.get("blas"):
+        loops = f"{meta['blas']}, {loops}"
     lines.append(f"versions: gpubp {meta['gpubp']}, numpy {meta['numpy']} ({loops}), cupy {meta['cupy'] or '-'}, "
                  f"torch {meta['torch'] or '-'}, python {meta['python']}")
     noisy = []
     for name, cfg in results["configs"].items():
         lines.append("")
         lines.append(f"{name}: {describe(cfg, results['settings'].get('precision', 'float32'))}")
+        if results["settings"].get("torch_precision"):
+            lines.append(f"  ({results['settings']['torch_precision']})")
         lines.append(f"  {'subject':<20}{'forward µs':>12}{'step µs':>12}{'step min-max µs':>20}"
                      f"{'epoch ms':>11}{'step TFLOP/s':>14}")
         rows = {}

@@ -20,6 +20,9 @@ from .torch_peer import TorchGemmFloor, TorchWorkload, torch_version
 from .workloads import GemmFloor, GpubpWorkload
 
 WORKLOADS = ("forward", "step", "epoch")
+# What PyTorch's rows are in precision bf16: PyTorch's own way to it, not gpubp's.
+TORCH_BF16 = ("PyTorch under autocast to bfloat16: bf16 products with bf16 outputs and "
+              "activations; gpubp's are fp32 with bf16-rounded factors")
 
 
 class Settings:
@@ -52,6 +55,23 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+def _numpy_blas():
+    """NumPy's BLAS as its build reports it, e.g. "scipy-openblas 0.3.31"; None if unknown."""
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas['name']} {blas.get('version', '')}".strip()
+    except Exception:
+        return None
+
+
+def _torch_threads():
+    if torch_version() is None:
+        return None
+    import torch
+
+    return torch.get_num_threads()
+
+
 def environment():
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -64,6 +84,11 @@ def environment():
         "torch": torch_version(),
         "cpu": _cpu_name(),
         "cpu_cores": os.cpu_count(),
+        "blas": _numpy_blas(),
+        # thread settings the CPU figures depend on (unset: the libraries' defaults)
+        "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                   "MKL_NUM_THREADS") if k in os.environ},
+        "torch_threads": _torch_threads(),
         "gpu": None,
         "cupy": None,
     }
@@ -116,12 +141,18 @@ def plan(config, backend, settings, explicit=()):
                         HostClock, ("forward", "step")))
         else:
             out.append(("gpubp-numpy-passes", ("gpubp-numpy makes NumPy's passes itself "
-                                               "(Numba is not installed, or GPUBP_NUMBA=0)")))
+                                               "(Numba is not installed or does not import, "
+                                               "or GPUBP_NUMBA=0)")))
         out += [
             ("floor-numpy", "cpu", lambda: GemmFloor(config, numpy, precision), HostClock,
              ("forward", "step")),
         ]
-        if torch_ok:
+        if torch_ok and precision == "tf32":
+            # PyTorch's CPU products are float32 whatever it is told: a ratio to them
+            # would set gpubp's TF32 (rounded factors) against another precision.
+            reason = "PyTorch has no TF32 products on the CPU"
+            out += [("torch-cpu", reason), ("floor-torch-cpu", reason)]
+        elif torch_ok:
             params = lambda: GpubpWorkload(config, numpy, 1).model.get_params()  # noqa: E731
             out.append(("torch-cpu", "cpu",
                         lambda: TorchWorkload(config, "cpu", params(), n_batches, precision=precision),
@@ -139,7 +170,7 @@ def plan(config, backend, settings, explicit=()):
         cupy_backend = get_backend("cupy")
     except BackendUnavailableError as exc:
         out += [(s, str(exc)) for s in ("gpubp-cupy", "gpubp-cupy-graph", "gpubp-cupy-unfused",
-                                        "floor-cupy")]
+                                        "floor-cupy", "floor-cupy-graph")]
     else:
         out += [
             ("gpubp-cupy", "gpu", lambda: GpubpWorkload(config, cupy_backend, n_batches, precision),
@@ -152,6 +183,9 @@ def plan(config, backend, settings, explicit=()):
              CupyEvents, ("forward", "step")),
             ("floor-cupy", "gpu", lambda: GemmFloor(config, cupy_backend, precision), CupyEvents,
              ("forward", "step")),
+            ("floor-cupy-graph", "gpu",
+             lambda: GemmFloor(config, cupy_backend, precision, graphs=True), CupyEvents,
+             ("step",)),
         ]
     if torch_ok and _torch_cuda():
         params = lambda: GpubpWorkload(config, get_backend("numpy"), 1).model.get_params()  # noqa: E731
@@ -190,8 +224,11 @@ def run(configs, backends=("numpy", "cupy"), settings=None, explicit=(), log=pri
                                                     "budget_s": settings.budget_s,
                                                     "precision": settings.precision},
                "complete": False, "configs": {}, "measurements": [], "skipped": [], "ratios": {}}
+    if settings.precision == "bf16":
+        results["settings"]["torch_precision"] = TORCH_BF16
     for config in configs:
-        results["configs"][config.name] = config.to_dict()
+        results["configs"][config.name] = dict(config.to_dict(),
+                                               epoch_batches=settings.n_batches(config))
         for backend in backends:
             for entry in plan(config, backend, settings, explicit):
                 if len(entry) == 2:
@@ -246,6 +283,7 @@ RATIOS = [  # (name, numerator subject, denominator subject): ratios of medians
     ("graph_over_torch_cuda_graph", "gpubp-cupy-graph", "torch-cuda-graph"),
     ("graph_over_torch_cuda", "gpubp-cupy-graph", "torch-cuda"),
     ("graph_over_floor", "gpubp-cupy-graph", "floor-cupy"),
+    ("graph_over_graph_floor", "gpubp-cupy-graph", "floor-cupy-graph"),
     ("fused_speedup_over_unfused", "gpubp-cupy-unfused", "gpubp-cupy"),
     ("numpy_over_torch_cpu", "gpubp-numpy", "torch-cpu"),
     ("loops_speedup_over_passes", "gpubp-numpy-passes", "gpubp-numpy"),

@@ -25,6 +25,27 @@ def synthetic_data(config, n, seed=0):
     return X, Y
 
 
+def _captured(backend, fn):
+    """``fn`` captured once as a CUDA graph (after a warm-up call that compiles and
+    allocates), as the trainer does, and what the graph needs kept alive. Where
+    graphs cannot work (the trainer's reasons: gpubp.cublas missing or failing its
+    check, a failed capture) it raises, and the benchmark lists the row as skipped."""
+    problem = backend.graphs_problem()
+    if problem is not None:
+        raise RuntimeError(f"no CUDA graphs: {problem}")
+    stream = backend.new_stream(step=True)
+    backend.synchronize_device()
+    try:
+        with stream, backend.capturable():
+            fn()
+            graph = backend.launchable(capture(stream, fn))
+    finally:
+        stream.synchronize()
+    # The arrays the graph writes, and its stream: a later capture's stream cannot
+    # take its address, and with it the cuBLAS handle's binding and workspace.
+    return graph, (backend._work.live(), stream)
+
+
 class GpubpWorkload:
     """An MLP with Adam on one backend, its data on the device."""
 
@@ -44,25 +65,9 @@ class GpubpWorkload:
         self.graph = self._capture_step() if graphs else None
 
     def _capture_step(self):
-        """The step captured once as a CUDA graph (after a warm-up step that
-        compiles and allocates), replayed by ``step``. Where graphs cannot work
-        (the trainer's reasons: gpubp.cublas missing or failing its check, a
-        failed capture) it raises, and the benchmark lists the row as skipped."""
-        backend = self.model.backend
-        problem = backend.graphs_problem()
-        if problem is not None:
-            raise RuntimeError(f"no CUDA graphs: {problem}")
-        stream = backend.new_stream(step=True)
-        backend.synchronize_device()
-        try:
-            with stream, backend.capturable():
-                self._eager_step()
-                graph = backend.launchable(capture(stream, self._eager_step))
-        finally:
-            stream.synchronize()
-        self._graph_refs = backend._work.live()   # arrays the graph writes
-        self._stream = stream       # kept: a later step's stream cannot take its address,
-        return graph                # and with it the cuBLAS handle's binding and workspace
+        """The step captured once as a CUDA graph, replayed by ``step``."""
+        graph, self._keep = _captured(self.model.backend, self._eager_step)
+        return graph
 
     def forward(self):
         """Forward propagation of one batch to the logits."""
@@ -87,9 +92,12 @@ class GpubpWorkload:
 
 
 class GemmFloor:
-    """The GEMMs of a forward pass or training step alone, on random operands."""
+    """The GEMMs of a forward pass or training step alone, on random operands.
+    With ``graphs``, the step's GEMMs are captured once as a CUDA graph through
+    gpubp.cublas and replayed, as the graph-replayed training step's are: the
+    floor under ``gpubp-cupy-graph``, with no launch from Python in it."""
 
-    def __init__(self, config, backend, precision="float32"):
+    def __init__(self, config, backend, precision="float32", graphs=False):
         self.backend = backend
         self.config = config
         self.precision = precision
@@ -105,6 +113,9 @@ class GemmFloor:
         self.errs = [rand(m, n) for n in sizes]
         self.W = [rand(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
         self.dW = [xp.empty_like(w) for w in self.W]
+        self.graph = None
+        if graphs:
+            self.graph, self._keep = _captured(backend, self._step)
 
     def forward(self):
         mm, p = self.backend.matmul, self.precision
@@ -112,6 +123,12 @@ class GemmFloor:
             mm(self.acts[i], w, out=self.acts[i + 1], precision=p)
 
     def step(self):
+        if self.graph is not None:
+            self.graph.launch()
+        else:
+            self._step()
+
+    def _step(self):
         mm, p = self.backend.matmul, self.precision
         for kind, i, _ in self.config.gemm_shapes():
             if kind == "forward":
