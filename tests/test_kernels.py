@@ -249,7 +249,7 @@ def test_pointwise_loss(both, rng, dtype, kind, gathered):
     larger set, read in place (the trainer's step), against NumPy's gather."""
     cpb, npb = both
     shape = (513, 7)
-    zc, zn = _pair(cpb, rng.normal(scale=3.0, size=shape).astype(dtype))
+    zc, zn = _pair(cpb, _logits_some_huge(rng, shape).astype(dtype))
     n_y = 2000 if gathered else shape[0]
     yv = rng.uniform(0, 1, size=(n_y, 7)) if kind != "mse_identity" else rng.normal(size=(n_y, 7))
     yc, yn = _pair(cpb, yv.astype(dtype))
@@ -270,6 +270,16 @@ def test_pointwise_loss(both, rng, dtype, kind, gathered):
         np.testing.assert_array_equal(d2, dn)
 
 
+def _logits_some_huge(rng, shape):
+    """Logits of scale 3, one in 20 of them ±30 to ±100: where the sigmoid rounds to 0
+    or 1 in float32 (and past 37, float64), so a loss taken as log(s) or log(1 - s)
+    rather than from the logits shows as inf."""
+    z = rng.normal(scale=3.0, size=shape)
+    huge = rng.random(shape) < 0.05
+    z[huge] = rng.choice([-1.0, 1.0], size=huge.sum()) * rng.uniform(30, 100, size=huge.sum())
+    return z
+
+
 def _loss_bias_grad_case(cpb, rng, dtype, kind, shape, gathered):
     """Fresh operands for loss_bias_grad on ``cpb``: the product z, bias b,
     targets (the rows order[offset : offset + m] of a larger set where
@@ -278,7 +288,7 @@ def _loss_bias_grad_case(cpb, rng, dtype, kind, shape, gathered):
     m, k = shape
     n_y = 3 * m + 5 if gathered else m
     yv = rng.normal(size=(n_y, k)) if kind == "mse_identity" else rng.uniform(0, 1, size=(n_y, k))
-    host = {"z": rng.normal(scale=3.0, size=shape).astype(dtype),
+    host = {"z": _logits_some_huge(rng, shape).astype(dtype),
             "b": rng.normal(size=k).astype(dtype), "y": yv.astype(dtype),
             "delta": np.full(shape, np.nan, dtype=dtype), "loss": np.full((), rng.uniform(1, 2)),
             "db": np.full(k, np.nan, dtype=dtype)}

@@ -56,6 +56,11 @@ def test_epoch_permutation_is_a_fresh_permutation_each_epoch():
     assert not np.array_equal(p0, epoch_permutation(np, 1000, 0, 1))
     assert not np.array_equal(p0, epoch_permutation(np, 1000, 1, 0))
     np.testing.assert_array_equal(p0, epoch_permutation(np, 1000, 0, 0))
+    # Seeds and epochs do not stand in for each other (as a key of seed + epoch would):
+    # every pair of a 6 x 6 grid gives its own order.
+    orders = {tuple(epoch_permutation(np, 1000, seed, epoch)[:20].tolist())
+              for seed in range(6) for epoch in range(6)}
+    assert len(orders) == 36
 
 
 @requires_cupy
