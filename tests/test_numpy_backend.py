@@ -436,7 +436,12 @@ def test_fused_softmax_cross_entropy_against_float64(rng, k, target, dtype):
     loops = _CountedLoops()
     for _ in range(3):
         m = int(rng.integers(1, 300))
-        z = (rng.normal(size=(m, k)) * rng.uniform(0.1, 20)).astype(dtype)
+        z = rng.normal(size=(m, k)) * rng.uniform(0.1, 20)
+        # A quarter of the rows with one logit 1000 above the rest, in any column (the
+        # last included): exp overflows in both dtypes unless the row's true max is taken.
+        lifted = np.flatnonzero(rng.random(m) < 0.25)
+        z[lifted, rng.integers(0, k, size=lifted.size)] += 1000.0
+        z = z.astype(dtype)
         labels = rng.integers(0, k, size=m)
         y = None if target == "labels" else rng.uniform(size=(m, k)).astype(dtype)
         ref, ref_loss, row_scale, loss_scale = _softmax_ce_float64(z, y, labels, 0.5)
