@@ -31,8 +31,10 @@ def _manual_sgd(model, X, y, lr, batch, order_of_epoch, epochs, l2=0.0):
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_fit_equals_a_plain_loop_with_a_partial_last_batch(backend, rng, shuffle):
-    n, batch = 23, 5                      # batches of 5, 5, 5, 5 and a last one of 3
+@pytest.mark.parametrize("n,batch", [(23, 5), (21, 5), (1, 5), (5, 5)])
+def test_fit_equals_a_plain_loop_with_a_partial_last_batch(backend, rng, shuffle, n, batch):
+    """23 rows: batches of 5, 5, 5, 5 and a last one of 3; 21: a last batch of one
+    row; 1: one batch, smaller than batch_size; 5: one whole batch."""
     X = rng.normal(size=(n, 4))
     y = rng.integers(0, 3, size=n)
     model = gpubp.MLP([4, 6, 3], activation="tanh", backend=backend, dtype="float64", seed=1)
@@ -47,7 +49,7 @@ def test_fit_equals_a_plain_loop_with_a_partial_last_batch(backend, rng, shuffle
     for (W, b), (W_ref, b_ref) in zip(model.get_params(), expected):
         np.testing.assert_allclose(W, W_ref, rtol=1e-11, atol=1e-13)
         np.testing.assert_allclose(b, b_ref, rtol=1e-11, atol=1e-13)
-    assert trainer.optimizer.steps == 15 and trainer.epochs_done == 3
+    assert trainer.optimizer.steps == 3 * -(-n // batch) and trainer.epochs_done == 3
 
 
 def test_epoch_permutation_is_a_fresh_permutation_each_epoch():
