@@ -270,6 +270,30 @@ def test_pointwise_loss(both, rng, dtype, kind, gathered):
         np.testing.assert_array_equal(d2, dn)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_keeps_the_loss_of_well_classified_rows(both, rng, dtype):
+    """Rows classified right by far (y = 1, z from 15 (float64: 38) to 45; y = 0, the same negated)
+    have a loss of log1p(exp(-|z|)), down to 1e-20: kept to the dtype's relative
+    rounding, by the kernel and by NumPy's definition, where log(1 + exp(-|z|)), or
+    adding the term to z before taking z y away, would round it to 0."""
+    cpb, npb = both
+    m = 64
+    lo = 15 if dtype == "float32" else 38          # where 1 + exp(-|z|) rounds to 1, for the sum
+    z = rng.uniform(lo, 45, size=(m, 1)) * np.where(rng.random((m, 1)) < 0.5, 1.0, -1.0)
+    y = (z > 0).astype(np.float64)
+    zc, yc = cpb.asarray(z.astype(dtype)), cpb.asarray(y.astype(dtype))
+    loss, delta = cpb.asarray(np.zeros(())), cpb.asarray(np.full((m, 1), np.nan, dtype=dtype))
+    cpb.pointwise_loss(zc, yc, "bce_sigmoid", delta, loss, 1.0)
+    z32 = z.astype(dtype).astype(np.float64)
+    expected = np.log1p(np.exp(-np.abs(z32))).sum()
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    assert float(cpb.to_numpy(loss)) == pytest.approx(expected, rel=rtol)
+    ln = np.zeros(())
+    npb.pointwise_loss(z.astype(dtype), y.astype(dtype), "bce_sigmoid",
+                       np.full((m, 1), np.nan, dtype=dtype), ln, 1.0)
+    assert float(ln) == pytest.approx(expected, rel=rtol)
+
+
 def _logits_some_huge(rng, shape):
     """Logits of scale 3, one in 20 of them ±30 to ±100: where the sigmoid rounds to 0
     or 1 in float32 (and past 37, float64), so a loss taken as log(s) or log(1 - s)

@@ -322,12 +322,16 @@ class NumpyBackend:
             xp.subtract(1, s, out=s)
             delta *= s
         elif kind == "bce_sigmoid":
-            xp.abs(z, out=s)                           # s = max(z,0) - z y + log(1 + exp(-|z|))
-            xp.negative(s, out=s)
-            xp.exp(s, out=s)
-            xp.log1p(s, out=s)
-            s += xp.maximum(z, 0, out=delta)
+            # s = (max(z,0) - z y) + log(1 + exp(-|z|)), in that order, as the kernel adds:
+            # a well-classified row's loss (the last term alone, down to 1e-20) is kept,
+            # where adding it to z first would round it away.
+            xp.maximum(z, 0, out=s)
             s -= xp.multiply(z, y, out=delta)
+            xp.abs(z, out=delta)
+            xp.negative(delta, out=delta)
+            xp.exp(delta, out=delta)
+            xp.log1p(delta, out=delta)
+            s += delta
             loss += xp.sum(s, dtype=np.float64)
             _sigmoid(xp, z, out=delta)
             delta -= y
