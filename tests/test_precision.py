@@ -88,11 +88,9 @@ def test_gradients_within_the_modes_tolerance(backend, rng, precision, activatio
 
 
 def _rounding(precision):
-    """A precision mode's rounding of one factor of a product, as float64."""
-    def operand(x):
-        x = np.ascontiguousarray(x, np.float32)
-        return round_to(np, x, precision, np.empty_like(x)).astype(np.float64)
-    return operand
+    """A precision mode's rounding of one (float32) factor of a product, as float64:
+    the independent reference above, not gpubp's own round_to."""
+    return lambda x: _reference_round(np.asarray(x, np.float32), MANTISSA_BITS[precision]).astype(np.float64)
 
 
 def _on(where):
