@@ -161,9 +161,9 @@ def nearest_kink(backend):
 
 def away_from_kinks(rng, activation, draw, reference, tries=30, make_backend=None):
     """Inputs ``draw(rng)`` whose float32 training ``reference(inputs, backend)``
-    on a watched NumPy backend (``make_backend()``, where given) keeps every hidden pre-activation KINK_MARGIN of its
-    sum or more from relu's kink; redrawn until it does (in the tests here one
-    draw in three or fewer is redrawn).
+    on a watched NumPy backend (``make_backend()``, where given) keeps every
+    hidden pre-activation KINK_MARGIN of its sum or more from relu's kink;
+    redrawn until it does (in the tests here, one draw in three or fewer is).
     Returns (inputs, what ``reference`` returned). Smooth activations take the
     first draw."""
     from gpubp.backends.numpy_backend import NumpyBackend

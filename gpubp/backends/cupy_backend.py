@@ -304,8 +304,9 @@ class CupyBackend:
                 and z.shape == delta.shape and y.ndim == 2 and y.shape[1] == cols
                 and (rows is not None or y.shape[0] == rows_)
                 and self._wide(cols, delta.dtype, z, b, y, delta, db)):
-            # the definition's three passes, each through this backend's kernel
-            return NumpyBackend.loss_bias_grad(self, z, b, y, kind, delta, loss, scale, db, rows)
+            self.bias_activation(z, b, "identity")
+            self.pointwise_loss(z, y, kind, delta, loss, scale, rows=rows)
+            return self.bias_grad(delta, out=db)
         t = self._t(delta.dtype)
         grid_x, grid_y = self._column_sum_grid(rows_, cols, delta.dtype)
         partial = db if grid_y == 1 else self._partial(grid_y, cols, delta.dtype)
